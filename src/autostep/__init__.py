@@ -1,0 +1,28 @@
+"""autostep: learning-rate-free training for PyTorch.
+
+Line searches and learning-rate schedules from the papers, on one core that handles the closure
+contract, replayed randomness, BatchNorm buffers, exact line moves and ``torch.distributed``.
+
+    >>> import autostep
+    >>> opt = autostep.SALSA(model.parameters())          # doctest: +SKIP
+    >>> loss = opt.step(lambda: loss_fn(model(x), y))      # doctest: +SKIP
+"""
+
+from ._closure import CLOSURE_CONTRACT, ClosureError, NonFiniteLossError
+from .metrics import mean_log_loss
+from .optim import ALSALS, PLASLS, SALSA, SLS, AdamSLS
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SLS",
+    "AdamSLS",
+    "SALSA",
+    "ALSALS",
+    "PLASLS",
+    "ClosureError",
+    "NonFiniteLossError",
+    "CLOSURE_CONTRACT",
+    "mean_log_loss",
+    "__version__",
+]

@@ -1,0 +1,381 @@
+"""The engine shared by the Armijo family (SLS, AdamSLS, SALSA, ALSALS, PLASLS).
+
+A step is:
+
+1. evaluate the closure once with grad and back-propagate (:class:`~autostep._closure.ClosureEvaluator`);
+2. ask the subclass for a :class:`Plan`: per segment (param group, or layer for PLASLS) the search
+   direction ``d``, the first-order decrease ``s = <g, d>`` per unit step, and optionally a *final*
+   direction when the applied update differs from the searched one (AdamSLS: search with beta1 = 0,
+   update with momentum, as the paper states);
+3. backtrack from the start step size ``eta`` until the (smoothed, momentum-aware, per-layer)
+   Armijo condition holds, each trial rebuilt exactly from ``w0`` (:class:`~autostep._line.Line`);
+4. keep the accepted point (or apply the final direction with the accepted step size), or, when
+   ``max_trials`` trials all fail, restore ``w0`` and skip the step.
+
+Every decision is taken from rank-averaged scalars, so all ranks agree under ``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from torch.optim import Optimizer
+
+from .._closure import ClosureEvaluator
+from .._line import Direction, Line, axpy_
+from ..distributed import Reducer
+from . import _functional as F
+from . import _validate as V
+
+__all__ = ["ArmijoOptimizer", "Plan", "Segment"]
+
+#: searches before the amortised mode may start reusing the step size
+AMORTIZE_WARMUP = 10
+
+
+@dataclass
+class Segment:
+    """Parameters that share one step size: a param group, or one layer of a group (PLASLS)."""
+
+    group: dict
+    params: list  # parameters of the segment that have a gradient this step
+    grads: list
+    name: str = ""
+    layer: Optional[int] = None  # index into group["layer_lrs"] for per-layer step sizes
+
+    @property
+    def eta(self) -> float:
+        if self.layer is None:
+            return self.group["lr"]
+        return self.group["layer_lrs"][self.layer]
+
+
+@dataclass
+class Plan:
+    """What a subclass computes from the gradients before the search."""
+
+    search: list  # one Direction per segment
+    s: list  # <g, d_search> per segment (float)
+    final: Optional[list] = None  # Direction per segment for the applied update (None: the tested point)
+    final_scale: Optional[Callable[[int, float], Any]] = None  # (segment index, eta) -> scale(s)
+    zero: list = field(default_factory=list)  # per segment: the search direction is exactly zero
+
+
+class ArmijoOptimizer(Optimizer):
+    """Base class; see the subclasses for the documented algorithms.
+
+    Counters (cumulative, in ``state_dict``): :attr:`forwards`, :attr:`backwards`, :attr:`trials`,
+    :attr:`skipped_steps`; the last step's details are in :attr:`last_step`.  The current step size
+    of group ``i`` is ``param_groups[i]["lr"]`` (also :attr:`step_size` for the first group).
+
+    Learning-rate schedulers: whatever writes ``group["lr"]`` between steps (a torch LR scheduler, or
+    you) sets the step size the next search *starts* from, without the growth factor.  Closed-form
+    schedulers (``LambdaLR``, ``OneCycleLR``, ``CosineAnnealingLR`` via ``get_lr`` closed form)
+    therefore act as a cap the search can only backtrack from; chainable ones (``ExponentialLR``,
+    ``StepLR``, ``MultiplicativeLR``) multiply the current step size.
+    """
+
+    #: hyper-parameters that must have one value across all param groups
+    _shared: tuple = ("max_trials",)
+    #: per-segment criterion (PLASLS) instead of one joint criterion
+    _per_segment: bool = False
+    #: eq. 9 of the ALSALS paper (c_h switch)
+    _momentum_aware: bool = False
+
+    def __init__(self, params, defaults: dict):
+        super().__init__(params, defaults)
+        self.reducer = Reducer()
+        self._ls: dict = {
+            "step": 0,
+            "forwards": 0,
+            "backwards": 0,
+            "trials": 0,
+            "skipped": 0,
+            "searches": 0,
+            "since_search": 0,
+            "interval": 1,
+            "h_ema": 0.0,
+            "s_ema": [],
+            "ema_count": 0,
+            "log_eta_fast": None,
+            "log_eta_slow": None,
+        }
+        self.last_step: dict = {}
+
+    # ------------------------------------------------------------------ torch.optim plumbing
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate_group(group)
+        group["step_size"] = group["lr"]
+        first = self.param_groups[0]
+        for key in self._shared:
+            if group[key] != first[key]:
+                raise ValueError(
+                    f"{key} must be the same in every param group (it steers the single line "
+                    f"search of a step); got {first[key]!r} and {group[key]!r}"
+                )
+        self._init_group(group)
+
+    def _init_group(self, group: dict) -> None:
+        """Hook for subclasses (PLASLS builds its layers here)."""
+
+    def _validate_group(self, group: dict) -> None:
+        V.positive("lr", group["lr"])
+        V.open_unit("c", group["c"], " (the Armijo constant)")
+        V.open_unit("backtrack", group["backtrack"], " (the factor a rejected step size is multiplied by)")
+        V.positive("growth_steps", group["growth_steps"])
+        V.positive("max_lr", group["max_lr"])
+        V.nonnegative("min_lr", group["min_lr"])
+        if group["min_lr"] > group["max_lr"]:
+            raise ValueError(f"min_lr ({group['min_lr']}) must not exceed max_lr ({group['max_lr']})")
+        if group["lr"] > group["max_lr"]:
+            raise ValueError(f"lr ({group['lr']}) must not exceed max_lr ({group['max_lr']}); raise max_lr")
+        V.positive_int("max_trials", group["max_trials"])
+        V.choice("reset", group["reset"], ("growth", "double", "none"))
+        V.positive_int("reset_every", group["reset_every"])
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd["autostep"] = copy.deepcopy(self._ls)
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        ls = state_dict.pop("autostep", None)
+        super().load_state_dict(state_dict)
+        if ls is not None:
+            self._ls = copy.deepcopy(ls)
+        for group in self.param_groups:
+            self._init_group(group)
+
+    # ------------------------------------------------------------------ public read-outs
+    @property
+    def forwards(self) -> int:
+        """Forward passes (closure calls) since construction."""
+        return self._ls["forwards"]
+
+    @property
+    def backwards(self) -> int:
+        """Backward passes since construction."""
+        return self._ls["backwards"]
+
+    @property
+    def trials(self) -> int:
+        """Trial evaluations (forwards under no_grad) since construction."""
+        return self._ls["trials"]
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps whose search exhausted ``max_trials`` and left the parameters unchanged."""
+        return self._ls["skipped"]
+
+    @property
+    def steps(self) -> int:
+        return self._ls["step"]
+
+    @property
+    def step_size(self) -> float:
+        """Current step size of the first param group (``param_groups[0]["lr"]``)."""
+        return self.param_groups[0]["lr"]
+
+    # ------------------------------------------------------------------ subclass interface
+    def _segments(self, ev: ClosureEvaluator) -> list[Segment]:
+        segs = []
+        for group in self.param_groups:
+            ps = [p for p in group["params"] if p.grad is not None]
+            segs.append(Segment(group, ps, [p.grad for p in ps]))
+        return segs
+
+    def _plan(self, segs: list[Segment]) -> Plan:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _smoothing(self) -> float:
+        """EMA factor of the smoothed criterion, 0 for the plain Armijo condition."""
+        return 0.0
+
+    def _amortize(self) -> int:
+        """Largest number of steps between searches, 0/1 to search every step."""
+        return 0
+
+    # ------------------------------------------------------------------ step-size bookkeeping
+    def _start_eta(self, group: dict, eta: float, since: int) -> float:
+        """Step size the search starts from (growth/reset rule, then the caps)."""
+        if group["reset"] == "growth":
+            eta = F.grow(eta, group["growth_steps"], since)
+        elif group["reset"] == "double" and self._ls["step"] % group["reset_every"] == 0:
+            eta = eta * 2.0
+        return min(max(eta, group["min_lr"]), group["max_lr"])
+
+    def _sync_external_lr(self) -> list[bool]:
+        """Adopt step sizes written into ``group['lr']`` from outside (schedulers, users)."""
+        changed = []
+        for group in self.param_groups:
+            ext = group["lr"] != group["step_size"]
+            if ext:
+                self._on_external_lr(group, group["step_size"], group["lr"])
+                group["step_size"] = group["lr"]
+            changed.append(ext)
+        return changed
+
+    def _on_external_lr(self, group: dict, old: float, new: float) -> None:
+        """PLASLS rescales its layer step sizes; the others need nothing."""
+
+    def _set_eta(self, seg: Segment, eta: float) -> None:
+        if seg.layer is None:
+            seg.group["lr"] = eta
+            seg.group["step_size"] = eta
+        else:
+            seg.group["layer_lrs"][seg.layer] = eta
+
+    def _finish_groups(self) -> None:
+        """Hook after step sizes changed (PLASLS recomputes the group's summary lr)."""
+
+    # ------------------------------------------------------------------ the step
+    def _all_params(self) -> list:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
+        """Take one step; ``closure`` returns the mini-batch loss (see the class docstring).
+
+        Returns the loss at the start point (the closure's first evaluation, detached).
+        """
+        ev = ClosureEvaluator(closure, self._all_params(), self.reducer)
+        loss = ev.first()
+        ls = self._ls
+        ls["step"] += 1
+        info: dict = {"loss": ev.loss0, "trials": 0, "searched": False, "accepted": False,
+                      "skipped": None}
+        line: Line | None = None
+        try:
+            external = self._sync_external_lr()
+            segs = self._segments(ev)
+            plan = self._plan(segs)
+            s = ev.reduce(plan.s) if plan.s else []
+            zero = plan.zero or [si == 0.0 for si in s]
+            k_max = self._amortize()
+            since = ls["since_search"] + 1
+            reuse = (
+                k_max > 1
+                and ls["searches"] >= AMORTIZE_WARMUP
+                and since < ls["interval"]
+                and not any(external)
+            )
+            if not segs or all(not sg.params for sg in segs) or all(zero):
+                info["skipped"] = "zero direction" if segs and any(sg.params for sg in segs) else "no gradients"
+            elif reuse:
+                # amortised mode: reuse the settled step size, no trial forward
+                self._apply_final(plan, segs, [sg.eta for sg in segs], line=None)
+                ls["since_search"] = since
+                info.update(accepted=True, reused=True)
+            else:
+                ext = {id(g): e for g, e in zip(self.param_groups, external)}
+                etas = [
+                    min(max(sg.eta, sg.group["min_lr"]), sg.group["max_lr"])
+                    if ext[id(sg.group)]
+                    else self._start_eta(sg.group, sg.eta, since)
+                    for sg in segs
+                ]
+                line = Line([sg.params for sg in segs], plan.search)
+                accepted, etas, trials, dec = self._search(ev, line, segs, etas, s, zero)
+                info.update(searched=True, trials=trials, accepted=accepted, decrease=dec)
+                ls["searches"] += 1
+                ls["since_search"] = 0
+                for sg, eta in zip(segs, etas):
+                    self._set_eta(sg, eta)
+                if accepted:
+                    if plan.final is not None:
+                        self._apply_final(plan, segs, etas, line)
+                    self._update_amortize(etas[0], k_max)
+                else:
+                    line.restore()
+                    ls["skipped"] += 1
+                    ls["interval"] = 1
+                    info["skipped"] = "max_trials exhausted"
+            self._finish_groups()
+        except BaseException:
+            if line is not None:
+                line.restore()
+            raise
+        finally:
+            ev.finish()
+            if line is not None:
+                line.release()
+        ls["forwards"] += ev.forwards
+        ls["backwards"] += ev.backwards
+        ls["trials"] += info["trials"]
+        info.update(forwards=ev.forwards, backwards=ev.backwards,
+                    step_sizes=[g["lr"] for g in self.param_groups])
+        self.last_step = info
+        return loss
+
+    def _apply_final(self, plan: Plan, segs: list[Segment], etas: list[float], line: Line | None) -> None:
+        dirs = plan.final if plan.final is not None else plan.search
+        scales = [plan.final_scale(j, eta) if plan.final_scale else eta for j, eta in enumerate(etas)]
+        if line is not None:
+            line.move(scales, dirs)
+        else:
+            for sg, d, sc in zip(segs, dirs, scales):
+                axpy_(sg.params, d, sc)
+
+    def _update_amortize(self, eta: float, k_max: int) -> None:
+        if k_max <= 1:
+            return
+        ls = self._ls
+        le = math.log(max(eta, 1e-300))
+        if ls["log_eta_fast"] is None:
+            ls["log_eta_fast"] = ls["log_eta_slow"] = le
+        ls["log_eta_fast"] = F.ema(ls["log_eta_fast"], le, 0.9)
+        ls["log_eta_slow"] = F.ema(ls["log_eta_slow"], le, 0.99)
+        drift = abs(ls["log_eta_fast"] - ls["log_eta_slow"])
+        ls["interval"] = F.amortize_interval(drift, k_max)
+
+    def _search(self, ev: ClosureEvaluator, line: Line, segs: list[Segment], etas: list[float],
+                s: list[float], zero: list[bool]) -> tuple[bool, list[float], int, float]:
+        """Backtracking; returns (accepted, step sizes, number of trials, last decrease)."""
+        ls = self._ls
+        groups = [sg.group for sg in segs]
+        cs = [g["c"] for g in groups]
+        bts = [g["backtrack"] for g in groups]
+        mins = [g["min_lr"] for g in groups]
+        max_trials = groups[0]["max_trials"]
+        beta = self._smoothing()
+        if beta > 0:
+            if len(ls["s_ema"]) != len(s):
+                ls["s_ema"] = [0.0] * len(s)
+            s_used = [F.ema(prev, si, beta) for prev, si in zip(ls["s_ema"], s)]
+            ls["s_ema"] = s_used
+            ls["ema_count"] += 1
+        else:
+            s_used = s
+        f0 = ev.loss0
+        etas = list(etas)
+        for t in range(1, max_trials + 1):
+            line.move(etas)
+            f = ev.trial()
+            dec = f0 - f
+            if self._per_segment:
+                holds = [
+                    z or (math.isfinite(dec) and dec >= F.armijo_rhs([c], [e], [si], self._momentum_aware))
+                    for z, c, e, si in zip(zero, cs, etas, s_used)
+                ]
+                ok = all(holds)
+            else:
+                lhs = F.ema(ls["h_ema"], dec, beta) if beta > 0 and math.isfinite(dec) else dec
+                rhs = F.armijo_rhs(cs, etas, s_used, self._momentum_aware)
+                ok = F.armijo_holds(lhs, rhs)
+                holds = [ok] * len(etas)
+            if ok:
+                if beta > 0:
+                    ls["h_ema"] = lhs
+                return True, etas, t, dec
+            new = [e if h else max(e * b, m) for e, h, b, m in zip(etas, holds, bts, mins)]
+            if t == max_trials or new == etas:  # exhausted, or every failing size sits at min_lr
+                break
+            etas = new
+        return False, etas, t, dec

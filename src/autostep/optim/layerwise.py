@@ -1,0 +1,127 @@
+"""PLASLS: per-layer Armijo step sizes along the Adam direction."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._base import ArmijoOptimizer, Plan, Segment
+from .sls import _COMMON_DOC, _AdamDirection
+
+__all__ = ["PLASLS"]
+
+
+class PLASLS(_AdamDirection, ArmijoOptimizer):
+    __doc__ = """Per-layer Armijo line search (PLASLS, the slides' "Adapt learning rates per layer").
+
+    Every layer ``l`` has its own step size ``eta^(l)`` and its own Armijo condition
+
+        f(w - sum_l eta^(l) d_l) <= f(w) - c * eta^(l) * ||g^(l)||^2_precond   for every l,
+
+    checked, as the slides describe, with **one shared trial forward** in which all layers move at
+    once (the exact per-layer test ``f(w - eta^(l) d_l)`` with only layer ``l`` moved would need one
+    forward per layer; the slides call the shared test "not quite correct, but" affordable).  Layers
+    whose condition fails shrink their step size by ``backtrack`` and the shared point is tested
+    again; layers that pass keep theirs.  Directions are Adam's as in :class:`AdamSLS`: search with
+    beta1 = 0 and the preconditioned gradient norm per layer, update with momentum.
+
+    What a layer is
+        * several param groups: each **param group** is one layer;
+        * one param group: each **module's own parameters** (``weight`` and ``bias`` of a
+          ``Linear`` together).  Modules are found by name when you pass
+          ``model.named_parameters()``, otherwise from the modules that run during the first
+          step's forward; a parameter used by no module's forward is a layer of its own.
+        The partition is fixed at the first step and saved in the state dict; the names are in
+        :attr:`layer_step_sizes`.
+
+    ``param_groups[i]["lr"]`` holds the geometric mean of the group's layer step sizes; writing a
+    new value there (scheduler) multiplies every layer's step size by ``new / old``.
+
+    Parameters
+        lr (0.1): initial step size of every layer.  c (0.1): as :class:`AdamSLS` (the slides reuse
+            the Armijo constant of Adam + SLS).
+        backtrack (0.9), growth_steps (500), reset, reset_every, min_lr, max_trials: as :class:`SLS`.
+        max_lr (1.0), betas ((0.9, 0.999)), eps (1e-8): as :class:`AdamSLS`.
+    """ + _COMMON_DOC
+
+    _per_segment = True
+
+    def __init__(self, params, lr: float = 0.1, c: float = 0.1, backtrack: float = 0.9,
+                 growth_steps: float = 500, reset: str = "growth", reset_every: int = 300,
+                 max_lr: float = 1.0, min_lr: float = 1e-10, max_trials: int = 50,
+                 betas: tuple = (0.9, 0.999), eps: float = 1e-8):
+        defaults = dict(lr=lr, c=c, backtrack=backtrack, growth_steps=growth_steps, reset=reset,
+                        reset_every=reset_every, max_lr=max_lr, min_lr=min_lr,
+                        max_trials=max_trials, betas=betas, eps=eps)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        self._validate_adam(group)
+
+    # ------------------------------------------------------------------ layers
+    def _partition(self, group: dict, modules: list) -> tuple[list, list]:
+        params = group["params"]
+        names = group.get("param_names")
+        layers: dict[str, list[int]] = {}
+        if names:
+            for i, n in enumerate(names):
+                layers.setdefault(n.rsplit(".", 1)[0] if "." in n else n, []).append(i)
+            return list(layers.values()), list(layers.keys())
+        index = {id(p): i for i, p in enumerate(params)}
+        taken: set[int] = set()
+        out, out_names = [], []
+        for m in modules:
+            idx = [index[id(p)] for p in m._parameters.values()
+                   if p is not None and id(p) in index and index[id(p)] not in taken]
+            if idx:
+                taken.update(idx)
+                out.append(idx)
+                out_names.append(f"{len(out) - 1}:{type(m).__name__}")
+        for i in range(len(params)):
+            if i not in taken:
+                out.append([i])
+                out_names.append(f"{len(out) - 1}:param{i}")
+        return out, out_names
+
+    def _segments(self, ev) -> list[Segment]:
+        segs = []
+        for gi, group in enumerate(self.param_groups):
+            if "layers" not in group:
+                if len(self.param_groups) > 1:
+                    layers, names = [list(range(len(group["params"])))], [group.get("name", f"group{gi}")]
+                else:
+                    layers, names = self._partition(group, ev.modules_seen())
+                group["layers"], group["layer_names"] = layers, names
+                group["layer_lrs"] = [group["lr"]] * len(layers)
+            for li, idx in enumerate(group["layers"]):
+                ps = [group["params"][i] for i in idx if group["params"][i].grad is not None]
+                segs.append(Segment(group, ps, [p.grad for p in ps], group["layer_names"][li], li))
+        return [sg for sg in segs if sg.params]
+
+    def _on_external_lr(self, group: dict, old: float, new: float) -> None:
+        if "layer_lrs" in group and old > 0:
+            ratio = new / old
+            group["layer_lrs"] = [min(max(e * ratio, group["min_lr"]), group["max_lr"])
+                                  for e in group["layer_lrs"]]
+
+    def _finish_groups(self) -> None:
+        for group in self.param_groups:
+            lrs = group.get("layer_lrs")
+            if lrs:
+                gm = math.exp(sum(math.log(max(e, 1e-300)) for e in lrs) / len(lrs))
+                group["lr"] = group["step_size"] = gm
+
+    @property
+    def layer_step_sizes(self) -> dict:
+        """``{layer name: step size}`` over all groups (empty before the first step)."""
+        out = {}
+        for group in self.param_groups:
+            for n, e in zip(group.get("layer_names", []), group.get("layer_lrs", [])):
+                out[n] = e
+        return out
+
+    @torch.no_grad()
+    def _plan(self, segs: list[Segment]) -> Plan:
+        return self._plan_precond(segs)

@@ -1,0 +1,166 @@
+"""SALSA (smoothed Armijo) and ALSALS (momentum-aware Armijo along the Adam direction)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _validate as V
+from ._adam import all_zero, dots, sq_norms
+from ._base import ArmijoOptimizer, Plan, Segment
+from .sls import _COMMON_DOC, _AdamDirection, _floats
+
+__all__ = ["SALSA", "ALSALS"]
+
+_AMORTIZE_DOC = """
+    Amortised mode (``amortize=k``, off by default)
+        After the first 10 searches, the step size is reused without a trial forward for up to
+        ``k`` steps while it is settled.  Settled is measured by the drift between a fast (0.9) and
+        a slow (0.99) EMA of ``log eta`` taken at the searches: a drift of 10 % allows 10 steps, 50 %
+        allows 2 (the published SaLSa's "speed_up" rule, with the EMAs in log space).  A step that
+        reuses the step size costs one forward and one backward like plain Adam; the growth owed
+        for the skipped steps is applied at the next search.  ``last_step["reused"]`` tells which
+        steps reused it.
+"""
+
+
+class _Smoothed(ArmijoOptimizer):
+    _shared = ("max_trials", "smooth", "amortize")
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        V.half_open_unit("smooth", group["smooth"], " (0 turns smoothing off)")
+        if isinstance(group["amortize"], bool) or not isinstance(group["amortize"], int) or group["amortize"] < 0:
+            raise ValueError(f"amortize must be an integer >= 0 (0 = off), got {group['amortize']!r}")
+
+    def _smoothing(self) -> float:
+        return self.param_groups[0]["smooth"]
+
+    def _amortize(self) -> int:
+        return self.param_groups[0]["amortize"]
+
+    @property
+    def smoothed_terms(self) -> dict:
+        """Current EMAs of the decrease ``h`` and of the sufficient-decrease terms ``s`` (one per
+        param group), bias-corrected as in Adam (the correction cancels in the criterion)."""
+        ls, beta = self._ls, self._smoothing()
+        n = ls["ema_count"]
+        from ._functional import bias_corrected
+        return {"h": bias_corrected(ls["h_ema"], beta, n),
+                "s": [bias_corrected(s, beta, n) for s in ls["s_ema"]], "count": n}
+
+
+class SALSA(_AdamDirection, _Smoothed):
+    __doc__ = """Smoothed Armijo line search (SALSA, the slides' eq. 3-5).
+
+    The decrease ``h_k = f(w) - f(w - eta d)`` and the sufficient-decrease term ``s_k`` are replaced
+    by exponential moving averages, ``h_hat_k = beta h_hat_{k-1} + (1 - beta) h_k`` (same for
+    ``s``), and the step is accepted when
+
+        h_hat_k >= c * eta * s_hat_k .
+
+    The bias correction ``1/(1 - beta^k)`` of both EMAs is applied (and reported in
+    :attr:`smoothed_terms`); it cancels in the inequality.  One trial forward per step in the common
+    case: the step size grows slowly (``2**(1/b)``) while the smoothed criterion holds.  When it fails
+    the step size shrinks by ``backtrack`` and the smaller step is *tested again* with a new forward,
+    ``h_k`` in the EMA being replaced (not appended) by the new trial's decrease -- so the point
+    applied is always a tested point (deviation from the slides, which lower ``eta`` without a new
+    forward and apply an untested step; our rule keeps autostep's "tested = applied" guarantee and
+    matches the published SaLSa code).  ``s_hat`` takes one update per step.
+
+    Directions
+        ``direction="adam"`` (default): search along Adam with beta1 = 0 and the preconditioned
+        gradient norm, update with momentum (as :class:`AdamSLS`).  ``direction="sgd"``: -g and
+        ``||g||^2`` (as :class:`SLS`).
+
+    Parameters
+        lr (0.1), c (0.5), smooth (0.9): the slides give no values; c = 0.5 and beta = 0.9 are the
+            published SaLSa code's defaults.
+        backtrack (0.9), growth_steps (500), reset, reset_every, min_lr, max_trials: as :class:`SLS`
+            (the published code grows by 1.1 per step and backtracks by 0.8; we keep the ALSALS
+            paper's 2**(1/500) so that one forward per step is the common case).
+        max_lr (1.0), betas ((0.9, 0.999)), eps (1e-8): as :class:`AdamSLS`.
+        amortize (0): see below.
+    """ + _AMORTIZE_DOC + _COMMON_DOC
+
+    _shared = ("max_trials", "smooth", "amortize", "direction")
+
+    def __init__(self, params, lr: float = 0.1, c: float = 0.5, smooth: float = 0.9,
+                 direction: str = "adam", backtrack: float = 0.9, growth_steps: float = 500,
+                 reset: str = "growth", reset_every: int = 300, max_lr: float = 1.0,
+                 min_lr: float = 1e-10, max_trials: int = 50, betas: tuple = (0.9, 0.999),
+                 eps: float = 1e-8, amortize: int = 0):
+        defaults = dict(lr=lr, c=c, smooth=smooth, direction=direction, backtrack=backtrack,
+                        growth_steps=growth_steps, reset=reset, reset_every=reset_every,
+                        max_lr=max_lr, min_lr=min_lr, max_trials=max_trials, betas=betas,
+                        eps=eps, amortize=amortize)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        V.choice("direction", group["direction"], ("adam", "sgd"))
+        self._validate_adam(group)
+
+    def _plan(self, segs: list[Segment]) -> Plan:
+        if self.param_groups[0]["direction"] == "sgd":
+            return Plan(search=[sg.grads for sg in segs], s=_floats([sq_norms(sg.grads) for sg in segs]))
+        return self._plan_precond(segs)
+
+
+class ALSALS(_AdamDirection, _Smoothed):
+    __doc__ = """Armijo along the actual Adam direction with the momentum-aware decrease term (ALSALS).
+
+    ALSALS paper eq. 6-9.  The search direction is Adam's real update direction, momentum included,
+    ``d = m_hat / (sqrt(v_hat) + eps)``, so the point tested is the point applied.  The squared
+    gradient norm of the Armijo condition is replaced by ``f_a``, the first-order loss decrease per
+    unit step along ``d``, and the constant by ``c_h = c`` if ``f_a > 0`` else ``1/c`` (eq. 8):
+
+        f(w) - f(w - eta d) >= c_h * eta * f_a .                     (eq. 9)
+
+    ``f_a`` is computed exactly as the directional derivative ``<g, d>`` from the gradient already at
+    hand (no extra forward).  The paper's eq. 6 estimates it by a finite difference with
+    ``epsilon = 5e-8``; in float32 a loss difference over such a step is below the loss's own
+    rounding (relative precision ~6e-8), so that estimate is mostly rounding noise and costs a
+    forward (``benchmarks/fa_estimate.py`` measures this).
+
+    Smoothing as in :class:`SALSA` is available with ``smooth=beta`` (off by default, as in the paper);
+    then the EMAs of the decrease and of ``f_a`` enter eq. 9 and ``c_h`` switches on the sign of the
+    smoothed ``f_a``.
+
+    Parameters
+        lr (0.1): initial step size.  c (0.6): the paper's value (it reports 0.3-0.7 as good).
+        smooth (0.0), amortize (0): see above and below.
+        backtrack (0.9), growth_steps (500), reset, reset_every, min_lr, max_trials: as :class:`SLS`.
+        max_lr (1.0), betas ((0.9, 0.999)), eps (1e-8): as :class:`AdamSLS`.
+    """ + _AMORTIZE_DOC + _COMMON_DOC
+
+    _momentum_aware = True
+
+    def __init__(self, params, lr: float = 0.1, c: float = 0.6, smooth: float = 0.0,
+                 backtrack: float = 0.9, growth_steps: float = 500, reset: str = "growth",
+                 reset_every: int = 300, max_lr: float = 1.0, min_lr: float = 1e-10,
+                 max_trials: int = 50, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
+                 amortize: int = 0):
+        defaults = dict(lr=lr, c=c, smooth=smooth, backtrack=backtrack, growth_steps=growth_steps,
+                        reset=reset, reset_every=reset_every, max_lr=max_lr, min_lr=min_lr,
+                        max_trials=max_trials, betas=betas, eps=eps, amortize=amortize)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        self._validate_adam(group)
+
+    @torch.no_grad()
+    def _plan(self, segs: list[Segment]) -> Plan:
+        search, s_t = [], []
+        for sg in segs:
+            ms, _, d, bc1 = self._adam(sg)
+            if d:
+                # d <- m / (bc1 * denom), in the denom buffer (one transient parameter copy)
+                torch._foreach_reciprocal_(d)
+                torch._foreach_mul_(d, ms)
+                torch._foreach_div_(d, bc1)
+            search.append(d)
+            s_t.append(dots(sg.grads, d))
+        s = _floats(s_t)
+        zero = [si == 0.0 and all_zero(d) for si, d in zip(s, search)]
+        return Plan(search=search, s=s, zero=zero)

@@ -1,0 +1,156 @@
+"""SLS (Armijo line search along -g) and AdamSLS (Armijo with the Adam direction)."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _validate as V
+from ._adam import adam_moments, dots, sq_norms
+from ._base import ArmijoOptimizer, Plan, Segment
+
+__all__ = ["SLS", "AdamSLS"]
+
+
+def _floats(ts: list) -> list[float]:
+    if not ts:
+        return []
+    try:
+        return torch.stack([t.to(ts[0].device) for t in ts]).tolist()
+    except RuntimeError:  # pragma: no cover - mixed devices
+        return [float(t) for t in ts]
+
+
+_COMMON_DOC = """
+    Closure contract
+        ``step(closure)``: the closure computes and returns the mini-batch loss as a scalar tensor; it
+        must not call ``backward()`` or ``zero_grad()``.  The optimizer calls it once with grad
+        enabled, clears the old gradients and back-propagates, then once per trial point under
+        ``torch.no_grad()``, replaying the same random numbers (dropout masks) and restoring module
+        buffers (BatchNorm statistics) after each trial.  ``step`` returns the start-point loss.
+
+    Safe failure
+        At most ``max_trials`` trial forwards per step; a non-finite trial loss is a rejection.  When
+        every trial fails the parameters are restored and the step is **skipped** (counted in
+        ``skipped_steps``), and the step size stays at the smallest size tested (never below
+        ``min_lr``).  A non-finite start loss raises :class:`autostep.NonFiniteLossError` and changes
+        nothing.  A zero search direction costs no trial forward.
+
+    Step size and schedulers
+        ``param_groups[i]["lr"]`` always holds the current step size.  A value written there from
+        outside between steps (a torch LR scheduler, or you) becomes the step size the next search
+        starts from, without the growth factor: closed-form schedulers (``LambdaLR``) act as a cap
+        the search backtracks from, chainable ones (``ExponentialLR``) multiply the step size.
+
+    Param groups
+        Every group has its own step size and Armijo constant; one joint search scales all groups'
+        step sizes (each by its own ``backtrack``) until
+        ``f(w) - f(w - sum_j eta_j d_j) >= sum_j c_j eta_j s_j``.  With one group this is exactly
+        the paper's condition.  ``max_trials`` is shared by all groups.  Parameters whose ``grad``
+        is ``None`` are left out of the step.
+"""
+
+
+class SLS(ArmijoOptimizer):
+    __doc__ = """Stochastic Armijo line search along the negative gradient (SLS).
+
+    Vaswani et al. (2019) as summarised by the ALSALS paper, eq. 1-2: each step starts from
+    ``eta_{k-1} * 2**(1/b)`` and backtracks (``eta *= backtrack``) until
+
+        f(w - eta g) <= f(w) - c * eta * ||g||^2 .
+
+    Parameters (defaults from the paper)
+        lr (1.0): initial step size (Vaswani et al.'s ``init_step_size``).
+        c (0.1): Armijo constant.
+        backtrack (0.9): factor of a rejected step size.
+        growth_steps (500): ``b`` of eq. 2; the step size may double every ``b`` steps.  It is a
+            constant, not coupled to an epoch length (the published code couples it to
+            ``n_batches_per_epoch``, which the user must know).
+        reset ("growth"): start-of-step rule: ``"growth"`` (eq. 2), ``"double"`` (the slides'
+            rule: double every ``reset_every`` steps, otherwise keep), or ``"none"``.
+        reset_every (300): period of the ``"double"`` rule (the slides' value).
+        max_lr (10.0): cap on the step size (deviation: the paper has none; it stops runaway
+            growth on flat regions).
+        min_lr (1e-10): floor on the step size after backtracking.
+        max_trials (50): trial forwards per step at most.
+    """ + _COMMON_DOC
+
+    def __init__(self, params, lr: float = 1.0, c: float = 0.1, backtrack: float = 0.9,
+                 growth_steps: float = 500, reset: str = "growth", reset_every: int = 300,
+                 max_lr: float = 10.0, min_lr: float = 1e-10, max_trials: int = 50):
+        defaults = dict(lr=lr, c=c, backtrack=backtrack, growth_steps=growth_steps, reset=reset,
+                        reset_every=reset_every, max_lr=max_lr, min_lr=min_lr, max_trials=max_trials)
+        super().__init__(params, defaults)
+
+    def _plan(self, segs: list[Segment]) -> Plan:
+        s = _floats([sq_norms(sg.grads) for sg in segs])
+        return Plan(search=[sg.grads for sg in segs], s=s)
+
+
+class _AdamDirection:
+    """Mixin: Adam moments, the beta1 = 0 search direction and the momentum final update."""
+
+    def _validate_adam(self, group: dict) -> None:
+        V.betas("betas", group["betas"])
+        V.positive("eps", group["eps"])
+
+    def _adam(self, sg: Segment):
+        g = sg.group
+        return adam_moments(self.state, sg.params, sg.grads, tuple(g["betas"]), g["eps"])
+
+    def _plan_precond(self, segs: list[Segment]) -> Plan:
+        """Search along g / denom (Adam with beta1 = 0), update along m_hat / denom."""
+        search, final, s_t, bc1s = [], [], [], []
+        for sg in segs:
+            ms, _, denom, bc1 = self._adam(sg)
+            search.append((sg.grads, denom))
+            final.append((ms, denom))
+            s_t.append(dots(sg.grads, sg.grads, denom))
+            bc1s.append(bc1)
+        return Plan(search=search, s=_floats(s_t), final=final,
+                    final_scale=lambda j, eta: [eta / b for b in bc1s[j]])
+
+
+class AdamSLS(_AdamDirection, ArmijoOptimizer):
+    __doc__ = """Armijo line search with the Adam direction (Adam + SLS).
+
+    ALSALS paper eq. 3-5 (after Vaswani et al. 2021): Adam's moments ``m, v`` are updated with the
+    gradient; the search uses the Adam direction **with beta1 = 0**, ``d = g / (sqrt(v_hat) + eps)``,
+    and the preconditioned gradient norm, backtracking until
+
+        f(w - eta d) <= f(w) - c * eta * sum(g^2 / (sqrt(v_hat) + eps)) ;
+
+    the update then applies the accepted ``eta`` **with momentum**:
+    ``w <- w - eta * m_hat / (sqrt(v_hat) + eps)``, as the paper states.
+
+    Consequence (documented, as the issue asks): the point that was tested is not the point that is
+    applied.  The Armijo condition guarantees a decrease along ``-g/denom``, not along the momentum
+    direction, so a step can still increase the mini-batch loss when momentum and gradient disagree
+    -- the failure mode the ALSALS paper diagnoses for large models (step sizes collapse to 1e-5 to
+    1e-6).  Use :class:`ALSALS` to search along the direction that is applied.
+
+    ``v_hat``/``m_hat`` use the current gradient (``m_k``, ``v_k``); eq. 3 of the paper prints
+    ``m_{k-1}``, ``v_{k-1}``, a typo (with it the first step would divide by zero).
+
+    Parameters
+        lr (0.1): initial step size (deviation: the paper gives none; the published code uses 0.1).
+        c (0.1), backtrack (0.9), growth_steps (500), reset, reset_every, min_lr, max_trials: as
+            :class:`SLS`.
+        max_lr (1.0): cap; an Adam-direction step of 1 moves every weight by about 1.
+        betas ((0.9, 0.999)), eps (1e-8): Adam's.
+    """ + _COMMON_DOC
+
+    def __init__(self, params, lr: float = 0.1, c: float = 0.1, backtrack: float = 0.9,
+                 growth_steps: float = 500, reset: str = "growth", reset_every: int = 300,
+                 max_lr: float = 1.0, min_lr: float = 1e-10, max_trials: int = 50,
+                 betas: tuple = (0.9, 0.999), eps: float = 1e-8):
+        defaults = dict(lr=lr, c=c, backtrack=backtrack, growth_steps=growth_steps, reset=reset,
+                        reset_every=reset_every, max_lr=max_lr, min_lr=min_lr,
+                        max_trials=max_trials, betas=betas, eps=eps)
+        super().__init__(params, defaults)
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        self._validate_adam(group)
+
+    def _plan(self, segs: list[Segment]) -> Plan:
+        return self._plan_precond(segs)
