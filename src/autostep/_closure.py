@@ -76,8 +76,9 @@ class BufferGuard:
     """Remember module buffers as modules run, and put them back on :meth:`restore`.
 
     While :meth:`watch` is active, a global forward pre-hook records, the first time each module runs,
-    a copy of its buffers.  :meth:`restore` writes the copies back into every buffer that changed
-    (in place, so references held elsewhere stay valid) or was replaced.  No model reference is
+    a copy of its buffers.  :meth:`restore` writes the copies back into every recorded buffer (in
+    place, so references held elsewhere stay valid; a buffer the forward replaced by a new tensor
+    is put back too).  No model reference is
     needed: whatever modules the closure runs are covered.
     """
 
@@ -89,7 +90,7 @@ class BufferGuard:
         if key in self._saved:
             return
         items = [
-            (name, buf, buf._version, buf.detach().clone())
+            (name, buf, buf.detach().clone())
             for name, buf in module._buffers.items()
             if buf is not None
         ]
@@ -105,18 +106,13 @@ class BufferGuard:
 
     @torch.no_grad()
     def restore(self) -> None:
+        # Always copy: kernels such as batch_norm update running statistics in place without
+        # bumping the tensor's version counter, so "unchanged" cannot be detected cheaply.
         for module, items in self._saved.values():
-            for name, orig, version, copy in items:
+            for name, orig, saved in items:
                 if module._buffers.get(name) is not orig:
                     module._buffers[name] = orig
-                elif orig._version == version:
-                    continue
-                orig.copy_(copy)
-            # refresh the recorded versions so an unchanged buffer is not copied again
-            self._saved[id(module)] = (
-                module,
-                [(n, o, o._version, c) for n, o, _, c in items],
-            )
+                orig.copy_(saved)
 
     def clear(self) -> None:
         self._saved.clear()

@@ -139,6 +139,25 @@ class ArmijoOptimizer(Optimizer):
         V.choice("reset", group["reset"], ("growth", "double", "none"))
         V.positive_int("reset_every", group["reset_every"])
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_ls"] = self._ls
+        state["last_step"] = self.last_step
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        # torch's load_state_dict also calls __setstate__ with state and param_groups only
+        state = dict(state)
+        ls = state.pop("_ls", None)
+        last = state.pop("last_step", None)
+        super().__setstate__(state)
+        if ls is not None:
+            self._ls = ls
+        if last is not None:
+            self.last_step = last
+        if not hasattr(self, "reducer"):
+            self.reducer = Reducer()
+
     def state_dict(self) -> dict:
         sd = super().state_dict()
         sd["autostep"] = copy.deepcopy(self._ls)
