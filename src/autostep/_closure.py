@@ -190,6 +190,7 @@ class ClosureEvaluator:
         self._grads: list = []
         self._gv: list = []
         self.first_guard: BufferGuard | None = None
+        self.loss_eps = 0.0
 
     # ------------------------------------------------------------------ first evaluation
     def first(self) -> torch.Tensor:
@@ -219,7 +220,8 @@ class ClosureEvaluator:
                 )
             self.forwards += 1
             self.device = loss.device
-            self.loss0 = self.reducer.mean([loss.detach().float().item()], loss.device)[0]
+            self.loss_eps = torch.finfo(loss.dtype).eps if loss.is_floating_point() else 0.0
+            self.loss0 = self.reducer.mean([loss.detach().item()], loss.device)[0]
             if not math.isfinite(self.loss0):
                 raise NonFiniteLossError(
                     f"The loss at the start of the step is {self.loss0}; nothing was changed. "
@@ -233,6 +235,53 @@ class ClosureEvaluator:
             p.grad = None
         loss.backward()
         self.backwards += 1
+        self._rng_after = RNGSnapshot()
+        self._grads = [p.grad for p in self.params]
+        self._gv = [None if g is None else g._version for g in self._grads]
+        return loss.detach()
+
+    def measure(self) -> torch.Tensor:
+        """First evaluation of a step that only measures: like :meth:`first` without the backward.
+
+        The closure runs under ``torch.no_grad()`` at the current parameters (its buffer updates are
+        kept, as a first evaluation's are), gradients are left as they are, the contract is checked
+        (a ``backward()``/``zero_grad()`` inside the closure is refused), and the generator state is
+        snapshotted so :meth:`trial` replays the same random numbers.  A non-finite loss restores
+        buffers and generators and raises :class:`NonFiniteLossError`.  Used by LABPAL's
+        approximation phase.
+        """
+        self._rng_before = RNGSnapshot()
+        before = _grad_fingerprint(self.params)
+        guard = self.first_guard = BufferGuard()
+        try:
+            with torch.no_grad(), guard.watch():
+                try:
+                    loss = self.closure()
+                except RuntimeError as exc:
+                    if "does not require grad" in str(exc):
+                        raise ClosureError(
+                            "The closure called backward() (this evaluation runs under "
+                            "torch.no_grad()). Remove that call from the closure.\n" + CLOSURE_CONTRACT
+                        ) from exc
+                    raise
+            loss = _check_loss(loss, "at the start point")
+            if _grad_fingerprint(self.params) != before:
+                raise ClosureError(
+                    "The closure changed the parameters' .grad (it called backward() or "
+                    "zero_grad()). Remove those calls from the closure.\n" + CLOSURE_CONTRACT
+                )
+            self.forwards += 1
+            self.device = loss.device
+            self.loss0 = self.reducer.mean([loss.detach().item()], loss.device)[0]
+            if not math.isfinite(self.loss0):
+                raise NonFiniteLossError(
+                    f"The loss at the start of the step is {self.loss0}; nothing was changed. "
+                    "Check the data and the model for NaN/inf."
+                )
+        except BaseException:
+            guard.restore()
+            self._rng_before.restore()
+            raise
         self._rng_after = RNGSnapshot()
         self._grads = [p.grad for p in self.params]
         self._gv = [None if g is None else g._version for g in self._grads]
@@ -270,7 +319,7 @@ class ClosureEvaluator:
                 + CLOSURE_CONTRACT
             )
         self.forwards += 1
-        value = self.reducer.mean([out.detach().float().item()], self.device)[0]
+        value = self.reducer.mean([out.detach().item()], self.device)[0]
         return value if math.isfinite(value) else math.inf
 
     def refresh_grad_versions(self) -> None:

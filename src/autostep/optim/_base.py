@@ -373,6 +373,10 @@ class ArmijoOptimizer(Optimizer):
         else:
             s_used = s
         f0 = ev.loss0
+        # Below the loss's own rounding a comparison of decreases is meaningless: near a minimum the
+        # sufficient decrease drops under float resolution and a strict test would reject every
+        # size, collapsing eta to min_lr.  Differences within a few ulps of f0 count as equal.
+        tol = 4.0 * ev.loss_eps * abs(f0)
         etas = list(etas)
         for t in range(1, max_trials + 1):
             line.move(etas)
@@ -380,14 +384,14 @@ class ArmijoOptimizer(Optimizer):
             dec = f0 - f
             if self._per_segment:
                 holds = [
-                    z or (math.isfinite(dec) and dec >= F.armijo_rhs([c], [e], [si], self._momentum_aware))
+                    z or F.armijo_holds(dec + tol, F.armijo_rhs([c], [e], [si], self._momentum_aware))
                     for z, c, e, si in zip(zero, cs, etas, s_used)
                 ]
                 ok = all(holds)
             else:
                 lhs = F.ema(ls["h_ema"], dec, beta) if beta > 0 and math.isfinite(dec) else dec
                 rhs = F.armijo_rhs(cs, etas, s_used, self._momentum_aware)
-                ok = F.armijo_holds(lhs, rhs)
+                ok = F.armijo_holds(lhs + tol, rhs)
                 holds = [ok] * len(etas)
             if ok:
                 if beta > 0:
