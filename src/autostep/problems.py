@@ -11,6 +11,7 @@ train/validation/test tensors; :meth:`Problem.batches` yields shuffled mini-batc
 
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import struct
@@ -143,10 +144,12 @@ def _find(data_dir: str, stem: str) -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=4)
 def load_fashion_mnist(data_dir: Optional[str] = None):
     """``(x_train, y_train, x_test, y_test)`` as float tensors in [0, 1] and long labels, or ``None``.
 
     Looks in ``data_dir`` or the Debian package's folder for ``train-images-idx3-ubyte.gz`` etc.
+    The result is cached per folder: treat the tensors as read-only.
     """
     dirs = [data_dir] if data_dir else list(FASHION_MNIST_DIRS)
     for d in dirs:

@@ -52,7 +52,7 @@ def dots(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor],
     if dens is None:
         parts = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
     else:
-        parts = [(x * y / d).sum() for x, y, d in zip(xs, ys, dens)]
+        parts = [torch.dot(x.reshape(-1), torch.div(y, d).reshape(-1)) for x, y, d in zip(xs, ys, dens)]
     return torch.stack([p.double() for p in parts]).sum()
 
 

@@ -347,7 +347,9 @@ class ArmijoOptimizer(Optimizer):
             return
         ls = self._ls
         le = math.log(max(eta, 1e-300))
-        if ls["log_eta_fast"] is None:
+        if ls["log_eta_fast"] is None or ls["searches"] <= AMORTIZE_WARMUP:
+            # the first searches move eta by orders of magnitude (backtracking from the initial
+            # guess); drift is measured from the end of this warm-up on
             ls["log_eta_fast"] = ls["log_eta_slow"] = le
         ls["log_eta_fast"] = F.ema(ls["log_eta_fast"], le, 0.9)
         ls["log_eta_slow"] = F.ema(ls["log_eta_slow"], le, 0.99)

@@ -1,0 +1,265 @@
+"""PAL: the mini-batch parabolic approximation line search (Mutschler & Zell, 2020).
+
+As the LABPAL paper summarises and compares against it: per step one forward with grad at ``w``, one
+extra forward at the measuring step ``mu`` along the unit (optionally momentum-adapted) direction,
+the exact directional derivative from the gradient, a parabola through ``l(0)``, ``l'(0)`` and
+``l(mu)``, and a step to ``alpha`` times its minimum, capped at ``s_max``.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, Optional
+
+import torch
+from torch.optim import Optimizer
+
+from .._closure import ClosureEvaluator
+from .._line import Line
+from ..distributed import Reducer
+from . import _parabola as P
+from . import _validate as V
+from ._adam import dots, sq_norms
+
+__all__ = ["PAL"]
+
+
+CLOSURE_DOC = """
+    Closure contract
+        ``step(closure)``: the closure computes and returns the mini-batch loss as a scalar tensor; it
+        must not call ``backward()`` or ``zero_grad()``.  The optimizer calls it with grad enabled
+        and back-propagates itself (or, where a call only measures, once under ``torch.no_grad()``),
+        then once per trial point under ``torch.no_grad()``, replaying the same random numbers
+        (dropout masks) and restoring module buffers (BatchNorm statistics) after each trial, so only
+        the first evaluation of a call changes buffers.  ``step`` returns the loss at the start point
+        of the call (detached).  A non-finite start loss raises
+        :class:`autostep.NonFiniteLossError` and changes nothing.
+"""
+
+
+class _LineOptimizer(Optimizer):
+    """Shared plumbing of PAL and LABPAL: counters, ``state_dict()["autostep"]``, shared keys."""
+
+    #: hyper-parameters that must have one value in every param group (one line for all groups)
+    _shared: tuple = ()
+
+    def __init__(self, params, defaults: dict, ls: dict):
+        super().__init__(params, defaults)
+        self.reducer = Reducer()
+        self._ls = ls
+        self.last_step: dict = {}
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        self._validate_group(group)
+        first = self.param_groups[0]
+        for key in self._shared:
+            if group[key] != first[key]:
+                raise ValueError(
+                    f"{key} must be the same in every param group (one line search covers all "
+                    f"groups); got {first[key]!r} and {group[key]!r}"
+                )
+
+    def _validate_group(self, group: dict) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["_ls"] = self._ls
+        state["last_step"] = self.last_step
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        # torch's load_state_dict also calls __setstate__, with state and param_groups only
+        state = dict(state)
+        ls = state.pop("_ls", None)
+        last = state.pop("last_step", None)
+        super().__setstate__(state)
+        if ls is not None:
+            self._ls = ls
+        if last is not None:
+            self.last_step = last
+        if not hasattr(self, "reducer"):
+            self.reducer = Reducer()
+
+    def state_dict(self) -> dict:
+        sd = super().state_dict()
+        sd["autostep"] = copy.deepcopy(self._ls)
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        ls = state_dict.pop("autostep", None)
+        super().load_state_dict(state_dict)
+        if ls is not None:
+            self._ls = copy.deepcopy(ls)
+
+    def _all_params(self) -> list:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def _with_grad(self) -> list[list]:
+        return [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
+
+    @property
+    def forwards(self) -> int:
+        """Forward passes (closure calls) since construction."""
+        return self._ls["forwards"]
+
+    @property
+    def backwards(self) -> int:
+        """Backward passes since construction."""
+        return self._ls["backwards"]
+
+    @property
+    def trials(self) -> int:
+        """Trial evaluations (forwards under no_grad at moved parameters) since construction."""
+        return self._ls["trials"]
+
+    @property
+    def steps(self) -> int:
+        """``step`` calls that completed, i.e. batches consumed (the paper's definition of a step)."""
+        return self._ls["step"]
+
+    @property
+    def step_size(self) -> float:
+        """Length of the last update along the unit direction (0 before the first update)."""
+        return self._ls["step_size"]
+
+
+class PAL(_LineOptimizer):
+    __doc__ = """Parabolic approximation line search on the mini-batch loss (PAL).
+
+    Each ``step(closure)``:
+
+    1. evaluates the loss ``l(0)`` with grad and back-propagates; the direction is
+       ``d = g + beta * d_prev`` (``d = g`` with the default ``momentum = 0``), the line is
+       ``w - s * d / ||d||`` and its exact slope is ``b = l'(0) = -<g, d> / ||d||``;
+    2. evaluates ``l(mu)`` once under ``torch.no_grad()`` (one trial);
+    3. fits ``l(s) = a s^2 + b s + l(0)`` with ``a = (l(mu) - l(0) - b mu) / mu^2`` and steps to
+       ``s_upd = min(alpha * (-b / (2 a)), max_step)`` when ``a > 0`` and ``b < 0``; to the measured
+       point ``s_upd = mu`` when ``a <= 0`` and ``b < 0`` (the published fallback); and not at all
+       when ``b >= 0`` (a momentum direction that is not a descent direction), when ``||d|| = 0``
+       (no trial forward is spent then) or when ``l(mu)`` is not finite.
+
+    The applied point is rebuilt exactly from the saved start point, ``w0 - (s_upd/||d||) d``.
+
+    Parameters (defaults: the LABPAL paper's PAL grid, appendix G.1, and the PAL paper)
+        measuring_step (0.1): ``mu``, the measuring step along the unit direction (grid
+            ``{0.1, 1}``).
+        alpha (1.66): update step adaptation (grid ``{1, 1.66}``; the PAL paper's ``1/0.6``).
+        max_step (3.16): ``s_max`` (grid ``{10**0.5}``).
+        momentum (0.0): direction adaptation factor ``beta`` (grid ``{0.0}``; the PAL paper also
+            uses 0.4).  It may differ between param groups; the others are shared by all groups.
+        lr (0.0): **read-out only**: after each step ``param_groups[i]["lr"]`` holds the applied
+            learning rate ``s_upd / ||d||`` (the multiplier of ``d``), 0 for a skipped step.  The
+            value passed is validated (``>= 0``) and shown until the first step; writing it (e.g.
+            from an LR scheduler) has no effect on the search.
+
+    Param groups
+        One line through all groups: ``||d||`` and ``<g, d>`` are summed over every parameter
+        that has a gradient; parameters whose ``grad`` is ``None`` are not moved.
+
+    Deviations from the published code
+        A non-finite ``l(mu)`` restores the start point and skips the step (the published code
+        returned with the parameters left at the measuring point).  The closure never calls
+        ``backward()`` itself; the RNG is replayed from a snapshot instead of reseeding from the
+        clock.  ``.grad`` is left as the batch gradient (the published code overwrote it with the
+        momentum direction).
+
+    Counters: :attr:`forwards` (2 per step), :attr:`backwards` (1), :attr:`trials` (1, 0 when
+    ``||d|| = 0``), :attr:`steps`, :attr:`skipped_steps`; details of the last step in
+    :attr:`last_step`; :attr:`step_size` is the last ``s_upd``.
+    """ + CLOSURE_DOC
+
+    _shared = ("measuring_step", "alpha", "max_step")
+
+    def __init__(self, params, measuring_step: float = 0.1, alpha: float = 1.66,
+                 max_step: float = 3.16, momentum: float = 0.0, lr: float = 0.0):
+        defaults = dict(lr=lr, measuring_step=measuring_step, alpha=alpha, max_step=max_step,
+                        momentum=momentum)
+        ls = {"step": 0, "forwards": 0, "backwards": 0, "trials": 0, "skipped": 0,
+              "step_size": 0.0}
+        super().__init__(params, defaults, ls)
+
+    def _validate_group(self, group: dict) -> None:
+        V.nonnegative("lr", group["lr"])
+        V.positive("measuring_step", group["measuring_step"])
+        V.positive("alpha", group["alpha"])
+        V.positive("max_step", group["max_step"])
+        V.half_open_unit("momentum", group["momentum"], " (PAL's direction adaptation factor)")
+
+    @property
+    def skipped_steps(self) -> int:
+        """Steps that left the parameters unchanged (ascent direction, zero or non-finite)."""
+        return self._ls["skipped"]
+
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
+        """Take one PAL step; ``closure`` returns the mini-batch loss (see the class docstring).
+
+        Returns the loss at the start point.
+        """
+        ev = ClosureEvaluator(closure, self._all_params(), self.reducer)
+        loss = ev.first()
+        first = self.param_groups[0]
+        mu, alpha, s_max = first["measuring_step"], first["alpha"], first["max_step"]
+        params = self._with_grad()
+        grads = [[p.grad for p in ps] for ps in params]
+        line: Line | None = None
+        new_bufs: list = []
+        info: dict = {"loss": ev.loss0, "trials": 0}
+        try:
+            dirs = []
+            for group, ps, gs in zip(self.param_groups, params, grads):
+                beta = group["momentum"]
+                if beta > 0 and ps:
+                    bufs = [self.state[p].get("momentum_buffer") for p in ps]
+                    d = [g.clone() if b is None else torch.add(g, b, alpha=beta)
+                         for g, b in zip(gs, bufs)]
+                    new_bufs.append((ps, d))
+                    dirs.append(d)
+                else:
+                    dirs.append(gs)
+            norm_sq = float(sum(float(sq_norms(d)) for d in dirs))
+            norm = math.sqrt(norm_sq)
+            if not params or not any(params) or not (norm > 0 and math.isfinite(norm)):
+                s_upd, case, a, slope, f_mu = 0.0, "zero direction", math.nan, 0.0, math.nan
+            else:
+                slope = -float(sum(float(dots(gs, d)) for gs, d in zip(grads, dirs))) / norm
+                line = Line(params, dirs)
+                line.move([mu / norm] * len(params))
+                f_mu = ev.trial()
+                info["trials"] = 1
+                s_upd, case, a = P.pal_step(ev.loss0, f_mu, slope, mu, alpha, s_max)
+                if s_upd > 0:
+                    line.move([s_upd / norm] * len(params))
+                else:
+                    line.restore()
+        except BaseException:
+            if line is not None:
+                line.restore()
+            raise
+        finally:
+            ev.finish()
+            if line is not None:
+                line.release()
+        for ps, d in new_bufs:
+            for p, t in zip(ps, d):
+                self.state[p]["momentum_buffer"] = t
+        lr = s_upd / norm if s_upd > 0 else 0.0
+        for group in self.param_groups:
+            group["lr"] = lr
+        ls = self._ls
+        ls["step"] += 1
+        ls["forwards"] += ev.forwards
+        ls["backwards"] += ev.backwards
+        ls["trials"] += info["trials"]
+        ls["step_size"] = s_upd
+        if s_upd <= 0:
+            ls["skipped"] += 1
+        info.update(case=case, step_size=s_upd, lr=lr, a=a, b=slope, loss_mu=f_mu,
+                    direction_norm=norm, forwards=ev.forwards, backwards=ev.backwards)
+        self.last_step = info
+        return loss
