@@ -193,26 +193,32 @@ class ClosureEvaluator:
         self.loss_eps = 0.0
 
     # ------------------------------------------------------------------ first evaluation
-    def first(self) -> torch.Tensor:
-        """Evaluate the closure with grad enabled, check the contract, and back-propagate.
+    def _start(self, with_grad: bool) -> torch.Tensor:
+        """Evaluate the closure at the start point and check the contract (shared by first/measure).
 
-        Old gradients are cleared (set to ``None``) before ``backward()``.  If the loss is not
-        finite, buffers and generators are restored, the gradients are left untouched, and
-        :class:`NonFiniteLossError` is raised: the step changes nothing.
+        On any failure buffers and generators are restored and the gradients are untouched.
         """
         self._rng_before = RNGSnapshot()
         before = _grad_fingerprint(self.params)
         guard = self.first_guard = BufferGuard()
         try:
-            with torch.enable_grad(), guard.watch():
-                loss = self.closure()
+            with torch.set_grad_enabled(with_grad), guard.watch():
+                try:
+                    loss = self.closure()
+                except RuntimeError as exc:
+                    if not with_grad and "does not require grad" in str(exc):
+                        raise ClosureError(
+                            "The closure called backward() (this evaluation runs under "
+                            "torch.no_grad()). Remove that call from the closure.\n" + CLOSURE_CONTRACT
+                        ) from exc
+                    raise
             loss = _check_loss(loss, "at the start point")
             if _grad_fingerprint(self.params) != before:
                 raise ClosureError(
                     "The closure changed the parameters' .grad (it called backward() or "
                     "zero_grad()). Remove those calls from the closure.\n" + CLOSURE_CONTRACT
                 )
-            if not loss.requires_grad:
+            if with_grad and not loss.requires_grad:
                 raise ClosureError(
                     "The loss returned by the closure does not require grad (it was computed under "
                     "torch.no_grad(), detached, or no parameter takes part in it). Compute it from "
@@ -231,13 +237,26 @@ class ClosureEvaluator:
             guard.restore()
             self._rng_before.restore()
             raise
+        return loss
+
+    def _after_start(self) -> None:
+        self._rng_after = RNGSnapshot()
+        self._grads = [p.grad for p in self.params]
+        self._gv = [None if g is None else g._version for g in self._grads]
+
+    def first(self) -> torch.Tensor:
+        """Evaluate the closure with grad enabled, check the contract, and back-propagate.
+
+        Old gradients are cleared (set to ``None``) before ``backward()``.  If the loss is not
+        finite, buffers and generators are restored, the gradients are left untouched, and
+        :class:`NonFiniteLossError` is raised: the step changes nothing.
+        """
+        loss = self._start(with_grad=True)
         for p in self.params:
             p.grad = None
         loss.backward()
         self.backwards += 1
-        self._rng_after = RNGSnapshot()
-        self._grads = [p.grad for p in self.params]
-        self._gv = [None if g is None else g._version for g in self._grads]
+        self._after_start()
         return loss.detach()
 
     def measure(self) -> torch.Tensor:
@@ -250,41 +269,8 @@ class ClosureEvaluator:
         buffers and generators and raises :class:`NonFiniteLossError`.  Used by LABPAL's
         approximation phase.
         """
-        self._rng_before = RNGSnapshot()
-        before = _grad_fingerprint(self.params)
-        guard = self.first_guard = BufferGuard()
-        try:
-            with torch.no_grad(), guard.watch():
-                try:
-                    loss = self.closure()
-                except RuntimeError as exc:
-                    if "does not require grad" in str(exc):
-                        raise ClosureError(
-                            "The closure called backward() (this evaluation runs under "
-                            "torch.no_grad()). Remove that call from the closure.\n" + CLOSURE_CONTRACT
-                        ) from exc
-                    raise
-            loss = _check_loss(loss, "at the start point")
-            if _grad_fingerprint(self.params) != before:
-                raise ClosureError(
-                    "The closure changed the parameters' .grad (it called backward() or "
-                    "zero_grad()). Remove those calls from the closure.\n" + CLOSURE_CONTRACT
-                )
-            self.forwards += 1
-            self.device = loss.device
-            self.loss0 = self.reducer.mean([loss.detach().item()], loss.device)[0]
-            if not math.isfinite(self.loss0):
-                raise NonFiniteLossError(
-                    f"The loss at the start of the step is {self.loss0}; nothing was changed. "
-                    "Check the data and the model for NaN/inf."
-                )
-        except BaseException:
-            guard.restore()
-            self._rng_before.restore()
-            raise
-        self._rng_after = RNGSnapshot()
-        self._grads = [p.grad for p in self.params]
-        self._gv = [None if g is None else g._version for g in self._grads]
+        loss = self._start(with_grad=False)
+        self._after_start()
         return loss.detach()
 
     def modules_seen(self) -> list:
