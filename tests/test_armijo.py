@@ -362,3 +362,25 @@ def test_shared_hyper_parameters_must_agree_across_groups():
         autostep.ALSALS([new_w()], betas=(0.9, 1.0))
     with pytest.raises(ValueError, match="exceed max_lr"):
         autostep.SLS([new_w()], lr=20.0)
+
+
+def test_wrong_parameters_warn_once_and_change_nothing():
+    model = nn.Linear(3, 1)
+    other = nn.Linear(3, 1)
+    opt = autostep.SALSA(other.parameters())
+    before = [p.detach().clone() for p in other.parameters()]
+    x = torch.randn(4, 3)
+    with pytest.warns(RuntimeWarning, match="none of the optimizer's parameters received a gradient"):
+        opt.step(lambda: model(x).pow(2).mean())
+    assert all(torch.equal(a, b) for a, b in zip(before, other.parameters()))
+    assert opt.last_step["skipped"] == "no gradients"
+
+
+def test_sparse_gradients_are_refused_with_a_clear_error():
+    emb = nn.Embedding(10, 3, sparse=True)
+    opt = autostep.SLS(emb.parameters())
+    idx = torch.tensor([1, 2])
+    before = emb.weight.detach().clone()
+    with pytest.raises(RuntimeError, match="sparse gradients"):
+        opt.step(lambda: emb(idx).pow(2).sum())
+    assert torch.equal(emb.weight.detach(), before)

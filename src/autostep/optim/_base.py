@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
@@ -210,6 +211,24 @@ class ArmijoOptimizer(Optimizer):
             segs.append(Segment(group, ps, [p.grad for p in ps]))
         return segs
 
+    def _check_grads(self, segs: list[Segment]) -> None:
+        for sg in segs:
+            for p, g in zip(sg.params, sg.grads):
+                if g.is_sparse:
+                    raise RuntimeError(
+                        f"{type(self).__name__} does not support sparse gradients (parameter of shape "
+                        f"{tuple(p.shape)}); use nn.Embedding(sparse=False) or a sparse optimizer"
+                    )
+        if not any(sg.params for sg in segs) and not self._ls.get("warned_no_grad"):
+            self._ls["warned_no_grad"] = True
+            warnings.warn(
+                f"{type(self).__name__}.step: none of the optimizer's parameters received a gradient "
+                "from the closure's loss, so nothing was updated. Did you pass the parameters of "
+                "the model the closure uses?",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
     def _plan(self, segs: list[Segment]) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -274,6 +293,7 @@ class ArmijoOptimizer(Optimizer):
         try:
             external = self._sync_external_lr()
             segs = self._segments(ev)
+            self._check_grads(segs)
             plan = self._plan(segs)
             s = ev.reduce(plan.s) if plan.s else []
             zero = plan.zero or [si == 0.0 for si in s]
