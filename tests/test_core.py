@@ -189,3 +189,17 @@ def test_mean_log_loss():
         autostep.mean_log_loss([0.5], optimum=1.0)
     with pytest.raises(ValueError, match="at least one"):
         autostep.mean_log_loss([])
+
+
+def test_closure_replacing_grad_in_trial_is_a_closure_error():
+    w = nn.Parameter(torch.tensor([1.0, 2.0]))
+
+    def closure():
+        if not torch.is_grad_enabled():
+            w.grad = torch.zeros(2)  # replaces the gradient tensor (not an in-place change)
+        return (w ** 2).sum()
+
+    ev = ClosureEvaluator(closure, [w])
+    ev.first()
+    with pytest.raises(autostep.ClosureError, match="changed the parameters' .grad"):
+        ev.trial()

@@ -17,8 +17,15 @@ METHODS = {
     "SALSA": lambda p: autostep.SALSA(p),
     "ALSALS": lambda p: autostep.ALSALS(p),
     "PLASLS": lambda p: autostep.PLASLS(p),
+    "PAL": lambda p: autostep.PAL(p),
+    "LABPAL-nsgd": lambda p: autostep.LABPAL(p, mode="nsgd", approx_batches=3, reuse_steps=5),
+    "LABPAL-sgd": lambda p: autostep.LABPAL(p, mode="sgd", approx_batches=3, reuse_steps=5, total_steps=20),
 }
 STEPS = 20
+# Parabola fits divide loss differences by small quantities, so the ~1e-7 rounding difference
+# between "mean of two half-batch means" and "mean of the batch" is amplified (~1e-3 relative in the
+# fitted step after 20 steps); the Armijo decisions are exact comparisons and match to 1e-6.
+TOLERANCE = {"PAL": 2e-3, "LABPAL-nsgd": 2e-3, "LABPAL-sgd": 2e-3}
 
 
 def make_model():
@@ -93,6 +100,7 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(ranks, name):
     train(model, opt)
     r0 = ranks[0][name]
     assert r0["forwards"] == opt.forwards
-    assert r0["lr"] == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6)
+    tol = TOLERANCE.get(name, 1e-6)
+    assert r0["lr"] == pytest.approx(opt.param_groups[0]["lr"], rel=tol)
     for a, b in zip(r0["params"], model.parameters()):
-        assert torch.allclose(a, b.detach(), atol=1e-5, rtol=1e-5)
+        assert torch.allclose(a, b.detach(), atol=10 * tol, rtol=10 * tol)

@@ -10,7 +10,7 @@ contract, replayed randomness, BatchNorm buffers, exact line moves and ``torch.d
 
 from ._closure import CLOSURE_CONTRACT, ClosureError, NonFiniteLossError
 from .metrics import mean_log_loss
-from .optim import ALSALS, PLASLS, SALSA, SLS, AdamSLS
+from .optim import ALSALS, LABPAL, PAL, PLASLS, SALSA, SLS, AdamSLS
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,8 @@ __all__ = [
     "SALSA",
     "ALSALS",
     "PLASLS",
+    "PAL",
+    "LABPAL",
     "ClosureError",
     "NonFiniteLossError",
     "CLOSURE_CONTRACT",

@@ -123,7 +123,12 @@ class BufferGuard:
 
 
 def _grad_fingerprint(params: Sequence[torch.Tensor]) -> list:
-    return [(None if p.grad is None else (id(p.grad), p.grad._version)) for p in params]
+    """The ``.grad`` objects themselves with their version counters (compared with ``is``)."""
+    return [(p.grad, None if p.grad is None else p.grad._version) for p in params]
+
+
+def _same_grads(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(ga is gb and va == vb for (ga, va), (gb, vb) in zip(a, b))
 
 
 def _check_loss(value, where: str) -> torch.Tensor:
@@ -213,7 +218,7 @@ class ClosureEvaluator:
                         ) from exc
                     raise
             loss = _check_loss(loss, "at the start point")
-            if _grad_fingerprint(self.params) != before:
+            if not _same_grads(_grad_fingerprint(self.params), before):
                 raise ClosureError(
                     "The closure changed the parameters' .grad (it called backward() or "
                     "zero_grad()). Remove those calls from the closure.\n" + CLOSURE_CONTRACT
@@ -296,7 +301,7 @@ class ClosureEvaluator:
         finally:
             self._guard.restore()
         out = _check_loss(out, "at a trial point")
-        if [p.grad for p in self.params] != self._grads or any(
+        if any(p.grad is not g for p, g in zip(self.params, self._grads)) or any(
             g is not None and g._version != v for g, v in zip(self._grads, self._gv)
         ):
             raise ClosureError(

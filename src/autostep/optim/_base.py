@@ -21,13 +21,13 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import torch
 from torch.optim import Optimizer
 
 from .._closure import ClosureEvaluator
-from .._line import Direction, Line, axpy_
+from .._line import Line, axpy_
 from ..distributed import Reducer
 from . import _functional as F
 from . import _validate as V

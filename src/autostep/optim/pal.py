@@ -124,7 +124,8 @@ class _LineOptimizer(Optimizer):
 
     @property
     def step_size(self) -> float:
-        """Length of the last update along the unit direction (0 before the first update)."""
+        """Length of the last update along the unit direction, 0 before the first (PAL: ``s_upd``;
+        LABPAL ``"nsgd"``: the reused step; ``"sgd"``: the estimated ``alpha * s_min``)."""
         return self._ls["step_size"]
 
 

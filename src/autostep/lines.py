@@ -1,0 +1,346 @@
+"""The loss along lines: does the full-batch loss look like a parabola in update directions?
+
+:func:`lines` trains a model with an optimizer for a number of steps and, at chosen steps, measures
+along that step's update direction (the unit vector from ``w_t`` to ``w_{t+1}``; the unit negative
+gradient of the batch when the optimizer did not move, e.g. a LABPAL approximation call) the loss
+of the direction-defining mini-batch and the full-batch (or a large-batch) training loss on a grid of
+step sizes ``s``.  A least-squares parabola is fitted to each; the result holds the measurements,
+the mean absolute fit errors, the step to each parabola's minimum and the step the optimizer took,
+and a PNG like Figures 1 and 2 (right) of the LABPAL paper is saved.  The paper's observation 1 is
+that full-batch losses along such lines are fitted by parabolas with a mean absolute error below
+``0.6e-2``.
+
+The measurements never change the training run: parameters are restored exactly, random numbers
+are replayed (same dropout masks for every grid point) and module buffers are put back.
+
+Command line: ``autostep lines [--optimizer sgd] [--steps 300] [--every 10] [--out lines.png]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ._closure import BufferGuard, RNGSnapshot
+from .optim import _parabola as P
+
+__all__ = ["lines", "LineRecord", "LinesResult", "register", "OBSERVATION_1_THRESHOLD"]
+
+#: observation 1 of the LABPAL paper: mean absolute distance of the parabola fits below 0.6e-2
+OBSERVATION_1_THRESHOLD = 0.6e-2
+
+
+@dataclass
+class LineRecord:
+    step: int  # training step t (0-based) whose update direction is measured
+    direction: str  # "update" or "gradient" (the optimizer did not move)
+    grad_norm: float  # ||g|| of the direction-defining batch at w_t
+    step_taken: float  # ||w_t - w_{t+1}||
+    grid: list
+    batch_losses: list
+    full_losses: list
+    fit_full: tuple  # (a, b, c) least squares
+    fit_batch: tuple
+    err_full: float  # mean absolute distance of the full-batch losses to their parabola
+    err_batch: float
+    s_min_full: float  # minimum of the full-batch parabola (nan if it opens downwards)
+    s_min_batch: float
+    s_best_full: float  # grid point with the lowest measured full-batch loss
+
+
+@dataclass
+class LinesResult:
+    records: list = field(default_factory=list)
+    mean_abs_fit_error: float = math.nan  # full-batch, over all records
+    mean_abs_fit_error_batch: float = math.nan
+    mean_relative_fit_error: float = math.nan  # error / (max - min loss on the grid)
+    observation_1: bool = False  # mean_abs_fit_error < OBSERVATION_1_THRESHOLD
+    png: Optional[str] = None
+    train_losses: list = field(default_factory=list)
+
+    def table(self) -> str:
+        rows = ["  step  dir      |g|   taken  s_min(full)  s_min(batch)  best(grid)  err_full  err_batch"]
+        for r in self.records:
+            rows.append(f"{r.step:6d}  {r.direction[:3]}  {r.grad_norm:7.4f} {r.step_taken:7.4f}"
+                        f"  {r.s_min_full:11.4f}  {r.s_min_batch:12.4f}  {r.s_best_full:10.3f}"
+                        f"  {r.err_full:8.5f}  {r.err_batch:9.5f}")
+        return "\n".join(rows)
+
+    def summary(self) -> str:
+        verdict = "holds" if self.observation_1 else "does not hold"
+        return (f"mean absolute parabola fit error (full-batch loss): {self.mean_abs_fit_error:.5f} "
+                f"(relative to the loss range on the grid: {self.mean_relative_fit_error:.4f}); "
+                f"mini-batch: {self.mean_abs_fit_error_batch:.5f}\n"
+                f"observation 1 (full-batch fit error < {OBSERVATION_1_THRESHOLD:g}) {verdict} "
+                f"on these {len(self.records)} lines")
+
+
+def _make_optimizer(optimizer, params, lr: Optional[float], total_steps: int):
+    if callable(optimizer) and not isinstance(optimizer, str):
+        return optimizer(params)
+    name = str(optimizer).lower()
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=0.1 if lr is None else lr)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=1e-3 if lr is None else lr)
+    if name == "pal":
+        from .optim.pal import PAL
+        return PAL(params)
+    if name in ("labpal", "labpal-sgd", "labpal-nsgd"):
+        from .optim.labpal import LABPAL
+        return LABPAL(params, mode="nsgd" if name.endswith("nsgd") else "sgd",
+                      total_steps=total_steps)
+    raise ValueError(f"optimizer must be sgd, adam, pal, labpal-sgd, labpal-nsgd or a factory, "
+                     f"got {optimizer!r}")
+
+
+def _chunks(data, size: int):
+    x, y = data
+    for i in range(0, len(x), size):
+        yield x[i:i + size], y[i:i + size], len(x[i:i + size])
+
+
+@torch.no_grad()
+def _loss_on(model, loss_fn, data, chunk: int = 4096) -> float:
+    total, n = 0.0, 0
+    for xb, yb, m in _chunks(data, chunk):
+        total += float(loss_fn(model, (xb, yb))) * m
+        n += m
+    return total / n
+
+
+def lines(model: Optional[nn.Module] = None,
+          loss_fn: Optional[Callable] = None,
+          train: Optional[tuple] = None,
+          *,
+          optimizer: Union[str, Callable] = "sgd",
+          lr: Optional[float] = None,
+          steps: int = 300,
+          at: Optional[Sequence[int]] = None,
+          every: int = 10,
+          batch_size: int = 64,
+          grid: Optional[Sequence[float]] = None,
+          large_batch: Optional[int] = None,
+          seed: int = 0,
+          out: Optional[str] = "lines.png",
+          batches=None) -> LinesResult:
+    """Measure the loss along update directions during training (see the module docstring).
+
+    Parameters
+        model, loss_fn, train: the model, ``loss_fn(model, (x, y)) -> scalar tensor`` and the
+            training tensors ``(x, y)``.  All ``None``: the built-in digits MLP
+            (:func:`autostep.problems.digits_mlp`, seeded by ``seed``).
+        optimizer ("sgd"): ``"sgd"`` (lr 0.1), ``"adam"`` (lr 1e-3), ``"pal"``, ``"labpal-sgd"``,
+            ``"labpal-nsgd"``, or a factory ``params -> optimizer``.  Closure-based autostep
+            optimizers get ``step(closure)``; others the usual zero_grad/backward/step.
+        lr (None): learning rate of ``"sgd"``/``"adam"``.
+        steps (300): training steps; at (None): steps to measure, default ``0, every, 2 every..``.
+        batch_size (64): mini-batch size (batches are drawn by seeded epochs of permutations).
+        grid (None): step sizes ``s`` on the unit line, default 41 points in ``[-0.5, 0.5]`` (the
+            paper's range).
+        large_batch (None): size of the large batch for the "full-batch" loss (a fixed seeded
+            subset of the training set); ``None`` uses the whole training set.
+        out ("lines.png"): PNG path (``None``: no plot; needs matplotlib).
+        batches (None): an iterable of ``(x, y)`` batches to train on instead of drawing them.
+    """
+    if model is None:
+        from .problems import digits_mlp
+        pb = digits_mlp(seed, batch_size=batch_size)
+        model, loss_fn, train = pb.model, pb.loss_fn, pb.train
+    if loss_fn is None or train is None:
+        raise ValueError("give model, loss_fn and train together (or none of them for the demo)")
+    grid = [(-0.5 + i / 40) for i in range(41)] if grid is None else [float(s) for s in grid]
+    if len(grid) < 3:
+        raise ValueError("grid needs at least three step sizes")
+    at = set(range(0, steps, max(1, every)) if at is None else at)
+    x, y = train
+    if large_batch is not None and large_batch < len(x):
+        g = torch.Generator().manual_seed(seed + 1)
+        idx = torch.randperm(len(x), generator=g)[:large_batch]
+        full = (x[idx], y[idx])
+    else:
+        full = (x, y)
+    if batches is None:
+        def draw():
+            g = torch.Generator().manual_seed(seed)
+            perm, pos = torch.randperm(len(x), generator=g), 0
+            for _ in range(steps):
+                if pos + batch_size > len(x):
+                    perm, pos = torch.randperm(len(x), generator=g), 0
+                idx = perm[pos:pos + batch_size]
+                pos += batch_size
+                yield x[idx], y[idx]
+        batches = draw()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = _make_optimizer(optimizer, params, lr, steps)
+    closure_based = hasattr(opt, "last_step")
+    result = LinesResult()
+    for t, batch in enumerate(batches):
+        if t >= steps:
+            break
+        measure = t in at
+        if measure:
+            w_t = [p.detach().clone() for p in params]
+            rng = RNGSnapshot()
+            guard = BufferGuard()
+            for p in params:
+                p.grad = None
+            with torch.enable_grad(), guard.watch():
+                loss = loss_fn(model, batch)
+            loss.backward()
+            guard.restore()
+            rng.restore()
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+            grad_norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
+            for p in params:
+                p.grad = None
+
+        def closure():
+            return loss_fn(model, batch)
+
+        if closure_based:
+            loss = opt.step(closure)
+        else:
+            opt.zero_grad()
+            loss = closure()
+            loss.backward()
+            opt.step()
+        result.train_losses.append(float(loss.detach()))
+        if not measure:
+            continue
+        after = RNGSnapshot()
+        w_next = [p.detach().clone() for p in params]
+        delta = [a - b for a, b in zip(w_t, w_next)]
+        taken = math.sqrt(sum(float(d.pow(2).sum()) for d in delta))
+        if taken > 0:
+            unit, kind = [d / taken for d in delta], "update"
+        elif grad_norm > 0:
+            unit, kind = [g / grad_norm for g in grads], "gradient"
+        else:
+            continue
+        b_losses, f_losses = [], []
+        guard = BufferGuard()
+        with torch.no_grad(), guard.watch():
+            for s in grid:
+                for p, w0, u in zip(params, w_t, unit):
+                    p.copy_(w0).add_(u, alpha=-s)
+                rng.restore()
+                b_losses.append(float(loss_fn(model, batch)))
+                guard.restore()
+                rng.restore()
+                f_losses.append(_loss_on(model, loss_fn, full))
+                guard.restore()
+            for p, w1 in zip(params, w_next):
+                p.copy_(w1)
+        after.restore()
+        fit_f = P.fit_lsq(grid, f_losses)
+        fit_b = P.fit_lsq(grid, b_losses)
+        s_f = P.line_min(fit_f[0], fit_f[1])
+        s_b = P.line_min(fit_b[0], fit_b[1])
+        best = grid[min(range(len(grid)), key=lambda i: f_losses[i])]
+        result.records.append(LineRecord(
+            step=t, direction=kind, grad_norm=grad_norm, step_taken=taken, grid=list(grid),
+            batch_losses=b_losses, full_losses=f_losses, fit_full=fit_f, fit_batch=fit_b,
+            err_full=P.fit_error(grid, f_losses, fit_f), err_batch=P.fit_error(grid, b_losses, fit_b),
+            s_min_full=math.nan if s_f is None else s_f, s_min_batch=math.nan if s_b is None else s_b,
+            s_best_full=best))
+    if result.records:
+        recs = result.records
+        result.mean_abs_fit_error = sum(r.err_full for r in recs) / len(recs)
+        result.mean_abs_fit_error_batch = sum(r.err_batch for r in recs) / len(recs)
+        result.mean_relative_fit_error = sum(
+            r.err_full / max(max(r.full_losses) - min(r.full_losses), 1e-12) for r in recs) / len(recs)
+        result.observation_1 = result.mean_abs_fit_error < OBSERVATION_1_THRESHOLD
+    if out is not None and result.records:
+        result.png = plot(result, out)
+    return result
+
+
+def plot(result: LinesResult, out: str, max_lines: int = 4) -> str:
+    """Save Figure 1 (losses along lines) and Figure 2 right (s_min vs ||g||) side by side."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("autostep.lines needs matplotlib for the PNG: pip install matplotlib "
+                          "(or pass out=None)") from exc
+    recs = result.records
+    pick = sorted({recs[round(i * (len(recs) - 1) / max(1, max_lines - 1))].step
+                   for i in range(min(max_lines, len(recs)))})
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(r for r in recs if r.step in pick):
+        col = colors[i % len(colors)]
+        ax1.plot(r.grid, r.full_losses, "-", color=col, lw=2, label=f"step {r.step}: full batch")
+        ax1.plot(r.grid, r.batch_losses, "--", color=col, lw=1, label=f"step {r.step}: mini-batch")
+        a, b, c = r.fit_full
+        ax1.plot(r.grid, [P.evaluate(a, b, c, s) for s in r.grid], ":", color="k", lw=1)
+        ax1.axvline(r.step_taken, color=col, lw=0.8, alpha=0.6)
+    ax1.set_xlabel("step s on the unit line (vertical: step taken)")
+    ax1.set_ylabel("loss")
+    ax1.set_title("Loss along update directions (dotted: parabola fit)")
+    ax1.legend(fontsize=7)
+    g = [r.grad_norm for r in recs]
+    ax2.scatter(g, [r.s_min_full for r in recs], s=14, label="s_min of the full-batch parabola")
+    ax2.scatter(g, [r.step_taken for r in recs], s=14, marker="x", label="step the optimizer took")
+    ax2.set_xlabel("||g|| of the direction-defining batch")
+    ax2.set_ylabel("step size on the line")
+    ax2.set_title(f"Optimal step vs gradient norm (mean fit error {result.mean_abs_fit_error:.4f})")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+# ---------------------------------------------------------------------- command line
+def _grid_arg(text: str) -> list:
+    lo, hi, n = text.split(",")
+    n = int(n)
+    if n < 3:
+        raise ValueError("the grid needs at least 3 points")
+    return [float(lo) + (float(hi) - float(lo)) * i / (n - 1) for i in range(n)]
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "lines", help="loss along update directions: is the full-batch loss a parabola there?",
+        description=__doc__.split("\n\n")[0])
+    p.add_argument("--problem", choices=("digits", "fashion"), default="digits")
+    p.add_argument("--optimizer", default="sgd",
+                   help="sgd (default), adam, pal, labpal-sgd, labpal-nsgd")
+    p.add_argument("--lr", type=float, default=None, help="learning rate of sgd/adam")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--every", type=int, default=10, help="measure every N steps")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--grid", type=_grid_arg, default=None, metavar="LO,HI,N",
+                   help="step sizes on the unit line (default -0.5,0.5,41, the paper's range)")
+    p.add_argument("--large-batch", type=int, default=None,
+                   help="samples for the 'full-batch' loss (default: the whole training set)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="lines.png", help="PNG path ('' for none)")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    model = loss_fn = train = None
+    if args.problem == "fashion":
+        from .problems import fashion_mnist_mlp
+        pb = fashion_mnist_mlp(args.seed, batch_size=args.batch_size)
+        if pb is None:
+            print("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+            return 1
+        model, loss_fn, train = pb.model, pb.loss_fn, pb.train
+    res = lines(model, loss_fn, train, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
+                every=args.every, batch_size=args.batch_size, grid=args.grid,
+                large_batch=args.large_batch, seed=args.seed, out=args.out or None)
+    print(res.table())
+    print(res.summary())
+    if res.png:
+        print(f"saved {res.png}")
+    return 0
