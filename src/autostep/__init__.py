@@ -9,6 +9,7 @@ contract, replayed randomness, BatchNorm buffers, exact line moves and ``torch.d
 """
 
 from ._closure import CLOSURE_CONTRACT, ClosureError, NonFiniteLossError
+from .finder import FinderResult, find_lr, range_test
 from .metrics import mean_log_loss
 from .optim import ALSALS, LABPAL, PAL, PLASLS, SALSA, SLS, AdamSLS
 
@@ -26,5 +27,8 @@ __all__ = [
     "NonFiniteLossError",
     "CLOSURE_CONTRACT",
     "mean_log_loss",
+    "find_lr",
+    "range_test",
+    "FinderResult",
     "__version__",
 ]

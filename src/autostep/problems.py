@@ -72,7 +72,7 @@ class Problem:
     @torch.no_grad()
     def evaluate(self, split: str = "test", model: Optional[nn.Module] = None) -> dict:
         """Mean loss and accuracy on a split, in eval mode (the model's mode is restored)."""
-        model = model or self.model
+        model = self.model if model is None else model
         x, y = getattr(self, split)
         was_training = model.training
         model.eval()
@@ -119,8 +119,9 @@ def digits_mlp(seed: int = 0, hidden=(64,), batch_size: int = 64, dropout: float
     x = torch.tensor(xs / 16.0, dtype=torch.float32)
     y = torch.tensor(ys, dtype=torch.long)
     train, val, test = _split(x, y, split_seed)
-    torch.manual_seed(seed)
-    model = mlp((64, *hidden, 10), dropout)
+    with torch.random.fork_rng(devices=[]):  # seed the initialisation without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = mlp((64, *hidden, 10), dropout)
     return Problem("digits_mlp", model, cross_entropy_loss, train, val, test, batch_size)
 
 
@@ -176,6 +177,7 @@ def fashion_mnist_mlp(seed: int = 0, hidden=(256, 128), batch_size: int = 128,
     xtr, xte = xtr.reshape(len(xtr), -1), xte.reshape(len(xte), -1)
     train = (xtr[:-val_size], ytr[:-val_size])
     val = (xtr[-val_size:], ytr[-val_size:])
-    torch.manual_seed(seed)
-    model = mlp((784, *hidden, 10))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = mlp((784, *hidden, 10))
     return Problem("fmnist_mlp", model, cross_entropy_loss, train, val, (xte, yte), batch_size)

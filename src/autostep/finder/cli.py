@@ -1,0 +1,135 @@
+"""``autostep find-lr``: run the step-sampling LR search on a built-in problem and plot it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+__all__ = ["register", "run"]
+
+_OPTIMIZERS = {
+    "adam": ("torch.optim.Adam", {}),
+    "sgd": ("torch.optim.SGD (momentum 0.9)", {"momentum": 0.9}),
+}
+
+
+def make_optimizer(name: str):
+    """``(params, lr) -> optimizer`` for a CLI optimizer name (``adam`` or ``sgd``)."""
+    import torch
+
+    if name == "adam":
+        return lambda params, lr: torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {name!r}")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the ``find-lr`` subcommand to an ``argparse`` subparsers object."""
+    p = subparsers.add_parser(
+        "find-lr",
+        help="search the learning rate by step sampling on a built-in problem",
+        description="Train a few steps at many learning rates from the same start (model, data and "
+                    "randomness reset per trial), read the viable window and the three picks of "
+                    "the step-sampling paper from the log-LR/loss curve, and save its plot.",
+    )
+    p.add_argument("--problem", choices=("digits", "fmnist"), default="digits",
+                   help="digits: scikit-learn digits MLP (always available); fmnist: Fashion-MNIST "
+                        "MLP (needs /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--optimizer", choices=sorted(_OPTIMIZERS), default="adam")
+    p.add_argument("--steps", type=_positive_int, default=20, help="training steps per trial (20)")
+    p.add_argument("--seeds", type=_positive_int, default=1,
+                   help="repetitions of each trial with different data orders (spread of the picks)")
+    p.add_argument("--lr-min", type=_positive_float, default=1e-5, help="start of the coarse grid")
+    p.add_argument("--lr-max", type=_positive_float, default=1.0, help="end of the coarse grid")
+    p.add_argument("--tol", type=_positive_float, default=0.125,
+                   help="refine until each point of interest is known within TOL decades")
+    p.add_argument("--pick", choices=("log_midpoint", "half_drop", "steepest"), default="log_midpoint")
+    p.add_argument("--workers", type=_positive_int, default=1,
+                   help="processes running trials in parallel (1: sequential)")
+    p.add_argument("--seed", type=int, default=0, help="model initialisation and data order seed")
+    p.add_argument("--out", default=None,
+                   help="where to save the plot (default: find_lr_<problem>_<optimizer>.png)")
+    p.add_argument("--no-plot", action="store_true", help="do not save a plot")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=run)
+    return p
+
+
+def _problem(name: str, seed: int):
+    from ..problems import digits_mlp, fashion_mnist_mlp
+
+    if name == "digits":
+        return digits_mlp(seed)
+    return fashion_mnist_mlp(seed)
+
+
+def run(args) -> int:
+    """Entry point of ``autostep find-lr`` (returns the exit code)."""
+    import torch
+
+    from .search import find_lr
+
+    problem = _problem(args.problem, args.seed)
+    if problem is None:
+        print("find-lr: Fashion-MNIST is not installed (looked in /usr/share/datasets/fashion-mnist);"
+              " install it with `apt-get install dataset-fashion-mnist` or use --problem digits",
+              file=sys.stderr)
+        return 1
+    train = problem.batch_list(max(args.steps, 1), seed=args.seed)
+    xv, yv = problem.val
+    val = [(xv[i:i + 1024], yv[i:i + 1024]) for i in range(0, len(xv), 1024)]
+    torch.manual_seed(args.seed)
+    if not args.lr_max > args.lr_min:
+        print(f"find-lr: --lr-max ({args.lr_max}) must be larger than --lr-min ({args.lr_min})",
+              file=sys.stderr)
+        return 2
+    result = find_lr(problem.model, make_optimizer(args.optimizer), problem.loss_fn, train, val,
+                     steps=args.steps, lr_range=(args.lr_min, args.lr_max), tol=args.tol,
+                     pick=args.pick, seeds=None if args.seeds == 1 else args.seeds,
+                     executor=None if args.workers == 1 else "process", workers=args.workers,
+                     progress=False if args.no_progress else None)
+    print(f"problem     {problem.name} ({args.optimizer}, {args.steps} steps per trial, "
+          f"{args.seeds} seed{'s' if args.seeds > 1 else ''})")
+    lo, hi = result.window
+    print(f"window      {lo:.4g} .. {hi:.4g}")
+    for name, value in result.picks.items():
+        mark = " <- lr" if name == result.pick else ""
+        if name in result.spread:
+            s_lo, s_hi = result.spread[name]
+            print(f"{name:<13}{value:.4g}   spread over seeds {s_lo:.4g} .. {s_hi:.4g}{mark}")
+        else:
+            print(f"{name:<13}{value:.4g}   (one seed: use --seeds N for a spread){mark}")
+    n_lrs = len({t.lr for t in result.trials})
+    print(f"steps spent {result.steps_spent} ({n_lrs} learning rates, "
+          f"{result.info['rounds']} refinement rounds)")
+    if not args.no_plot:
+        path = args.out or f"find_lr_{args.problem}_{args.optimizer}.png"
+        try:
+            result.plot(path, title=f"{problem.name}, {args.optimizer}: lr = {result.lr:.3g}")
+        except ImportError as exc:
+            print(f"plot        not saved: {exc}", file=sys.stderr)
+        else:
+            print(f"plot        {os.path.abspath(path)}")
+    return 0
