@@ -35,3 +35,9 @@ CASES.update({
         params, mode="nsgd", approx_batches=3, reuse_steps=6, dataset_size=640, batch_size=1),
     "LABPAL-defaults": lambda params: LABPAL(params),
 })
+
+# Every autostep closure optimizer of the registry, at its registry defaults.
+from autostep import registry as _registry  # noqa: E402
+
+for _name in _registry.list_methods(family="autostep", kind="closure"):
+    CASES[f"registry:{_name}"] = (lambda n: (lambda params: _registry.create(n, params)))(_name)

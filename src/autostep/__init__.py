@@ -11,6 +11,7 @@ contract, replayed randomness, BatchNorm buffers, exact line moves and ``torch.d
 from ._closure import CLOSURE_CONTRACT, ClosureError, NonFiniteLossError
 from .finder import FinderResult, find_lr, range_test
 from .metrics import mean_log_loss
+from .registry import create, list_methods
 from .optim import ALSALS, LABPAL, PAL, PLASLS, SALSA, SLS, AdamSLS
 
 __version__ = "0.1.0"
@@ -27,6 +28,8 @@ __all__ = [
     "NonFiniteLossError",
     "CLOSURE_CONTRACT",
     "mean_log_loss",
+    "create",
+    "list_methods",
     "find_lr",
     "range_test",
     "FinderResult",

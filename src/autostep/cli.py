@@ -12,6 +12,7 @@ import sys
 
 #: modules that contribute subcommands, in the order they are listed in --help
 SUBCOMMAND_MODULES = (
+    "autostep.bench.cli",
     "autostep.demo",
     "autostep.lines",
     "autostep.finder.cli",

@@ -1,0 +1,186 @@
+"""Running a benchmark suite: tuning grids, paired evaluation runs, resume, progress, report."""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict
+from typing import Callable, Optional, Sequence
+
+from .. import registry
+from .problems import PROBLEMS, SUITES, DataMissing, build_problem
+from .runner import RunConfig, load_run, run_one, save_run
+
+__all__ = ["run_bench", "TUNING_SEED", "default_methods"]
+
+#: seed of the tuning runs (never one of the evaluation seeds)
+TUNING_SEED = 1000
+
+
+def default_methods() -> list[str]:
+    """Every registered method (unavailable peers are reported and skipped at run time)."""
+    return list(registry.REGISTRY)
+
+
+class _Progress:
+    """Runs done / total with the time left, via tqdm when installed and stderr is a terminal."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.done, self.t0 = total, 0, time.time()
+        self.enabled = enabled
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, unit="run", desc="bench", dynamic_ncols=True)
+            except ImportError:
+                self.bar = None
+
+    def update(self, label: str) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.set_postfix_str(label[:40])
+            self.bar.update(1)
+            return
+        elapsed = time.time() - self.t0
+        left = elapsed / self.done * (self.total - self.done)
+        print(f"[{self.done}/{self.total}] {label}  ~{left:.0f}s left", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _execute(configs: Sequence[RunConfig], out_dir: str, workers: int, progress: _Progress) -> list[dict]:
+    """Run configs not already on disk; every result is written to its own JSON as it finishes."""
+    results, todo = [], []
+    for cfg in configs:
+        done = load_run(out_dir, cfg)
+        if done is not None:
+            results.append(done)
+            progress.update(f"{cfg.key()} (cached)")
+        else:
+            todo.append(cfg)
+    if workers <= 1 or len(todo) <= 1:
+        for cfg in todo:
+            res = run_one(cfg)
+            save_run(out_dir, cfg, res)
+            results.append(res)
+            progress.update(cfg.key())
+        return results
+    ctx = mp.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = {pool.submit(run_one, cfg): cfg for cfg in todo}
+        for fut in as_completed(futures):
+            cfg = futures[fut]
+            res = fut.result()
+            save_run(out_dir, cfg, res)
+            results.append(res)
+            progress.update(cfg.key())
+    return results
+
+
+def _best_lr(runs: list[dict]) -> Optional[float]:
+    ok = [r for r in runs if r.get("status") == "ok" and math.isfinite(r.get("val_loss", math.nan))]
+    if not ok:
+        return None
+    return min(ok, key=lambda r: r["val_loss"])["lr"]
+
+
+def run_bench(suite: str = "quick", out_dir: str = "bench-out", methods: Optional[Sequence[str]] = None,
+              problems: Optional[Sequence[str]] = None, seeds: Sequence[int] = (0, 1, 2),
+              workers: int = 2, data_dir: Optional[str] = None, steps: Optional[int] = None,
+              progress: bool = True, report: bool = True, log: Callable = print) -> dict:
+    """Run a suite and write ``out_dir/results.json`` and (``report=True``) the report and plots.
+
+    Finished runs found in ``out_dir/runs`` are reused (resume).  Returns the results dict.
+    """
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
+    plan = dict(SUITES[suite])
+    if problems:
+        unknown = [p for p in problems if p not in PROBLEMS]
+        if unknown:
+            raise ValueError(f"unknown problems {unknown}; choose from {', '.join(PROBLEMS)}")
+        default_steps = max(plan.values()) if plan else 300
+        plan = {p: plan.get(p, SUITES["standard"].get(p, default_steps)) for p in problems}
+    if steps is not None:
+        if steps < 2:
+            raise ValueError(f"steps must be >= 2, got {steps}")
+        plan = {p: steps for p in plan}
+    methods = list(methods or default_methods())
+    unknown = [m for m in methods if m not in registry.REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; see autostep.list_methods()")
+    if "Adam" not in methods:
+        methods.insert(0, "Adam")  # the reference for time ratios and targets
+    seeds = list(seeds)
+    if not seeds or TUNING_SEED in seeds:
+        raise ValueError(f"seeds must be non-empty and exclude the tuning seed {TUNING_SEED}")
+    os.makedirs(out_dir, exist_ok=True)
+
+    notes = []
+    for p in list(plan):
+        try:
+            build_problem(p, 0, data_dir)
+        except DataMissing as exc:
+            notes.append(f"problem {p} skipped: {exc}")
+            del plan[p]
+    for m in list(methods):
+        reason = registry.get(m).missing_reason()
+        if reason:
+            notes.append(f"method {m} skipped: {reason}")
+            methods.remove(m)
+    for n in notes:
+        log(n)
+
+    tuned = [m for m in methods if registry.get(m).kind == "tuned"]
+    tune_cfgs = [RunConfig(p, m, TUNING_SEED, n, lr=lr, role="tune", data_dir=data_dir)
+                 for p, n in plan.items() for m in tuned for lr in registry.get(m).grid]
+    n_eval = len(plan) * len(methods) * len(seeds)
+    bar = _Progress(len(tune_cfgs) + n_eval, progress)
+    t0 = time.time()
+    try:
+        tune_runs = _execute(tune_cfgs, out_dir, workers, bar)
+        chosen = {}
+        for p in plan:
+            for m in tuned:
+                chosen[(p, m)] = _best_lr([r for r in tune_runs if r["problem"] == p and r["method"] == m])
+        eval_cfgs = []
+        for p, n in plan.items():
+            for m in methods:
+                if registry.get(m).kind == "tuned" and chosen.get((p, m)) is None:
+                    notes.append(f"{m} on {p}: every grid rate diverged; not evaluated")
+                    continue
+                for s in seeds:
+                    eval_cfgs.append(RunConfig(p, m, s, n, lr=chosen.get((p, m)), data_dir=data_dir))
+        bar.total = len(tune_cfgs) + len(eval_cfgs)
+        eval_runs = _execute(eval_cfgs, out_dir, workers, bar)
+    finally:
+        bar.close()
+    results = {
+        "suite": suite,
+        "plan": plan,
+        "methods": methods,
+        "seeds": seeds,
+        "tuning_seed": TUNING_SEED,
+        "chosen_lr": {f"{p}|{m}": lr for (p, m), lr in chosen.items()},
+        "notes": notes,
+        "wall_s": time.time() - t0,
+        "runs": [r for r in eval_runs],
+        "tuning_runs": [r for r in tune_runs],
+    }
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
+        json.dump(results, f)
+    if report:
+        from .report import write_report
+        path = write_report(results, out_dir)
+        log(f"report: {path}")
+    return results

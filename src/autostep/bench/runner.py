@@ -1,0 +1,313 @@
+"""One benchmark run (method × problem × seed) and the metrics computed from it.
+
+A run trains for exactly ``steps`` optimizer steps (selectors spend part of that budget on their
+search), on one torch thread, and returns a JSON-able dict:
+
+* ``train_loss`` -- final loss on the whole training set (a suboptimality where the optimum is known),
+  ``val_loss``, ``test_metric``;
+* ``mean_log_loss`` -- the slides' ``Σ_t log(l_t − l*) / T``: over the mini-batch losses, or, where the
+  optimum is known exactly, over the exact suboptimality at 50 checkpoints; after a divergence every
+  remaining term is charged ``log(l_0 − l*)`` (no progress from the start);
+* ``curve`` -- up to 200 points of (step, EMA of the training loss, step size, CPU seconds);
+* ``cpu_per_step`` (seconds), ``forwards_per_step``, ``backwards_per_step``, ``state_bytes`` (tensors in
+  the optimizer state) and ``param_bytes``, ``diverged`` (and at which step), ``search_steps``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+
+from .. import registry
+from .problems import DataMissing, Task, build_problem
+
+__all__ = ["RunConfig", "run_one", "mean_log_loss_charged", "cosine_factor", "run_path", "load_run"]
+
+EXPLODE = 1e3  # a loss above EXPLODE * max(l_0, 1) counts as divergence
+CURVE_POINTS = 200
+CHECKPOINTS = 50
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    problem: str
+    method: str
+    seed: int
+    steps: int
+    lr: Optional[float] = None  # peak rate of a tuned method's grid run / chosen rate
+    role: str = "eval"  # "eval" or "tune"
+    data_dir: Optional[str] = None
+
+    def key(self) -> str:
+        safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in self.method)
+        lr = "" if self.lr is None else f"_lr{self.lr:.3e}"
+        return f"{self.problem}/{safe}/{self.role}_s{self.seed}{lr}_n{self.steps}"
+
+
+def run_path(out_dir: str, cfg: RunConfig) -> str:
+    return os.path.join(out_dir, "runs", cfg.key() + ".json")
+
+
+def load_run(out_dir: str, cfg: RunConfig) -> Optional[dict]:
+    path = run_path(out_dir, cfg)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if data.get("config") == asdict(cfg) else None
+
+
+def save_run(out_dir: str, cfg: RunConfig, result: dict) -> None:
+    path = run_path(out_dir, cfg)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, path)  # atomic: an interrupted bench never leaves half a file
+
+
+def cosine_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    span = max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
+
+
+def mean_log_loss_charged(values: list, l0: float, diverged_at: Optional[int], total: int,
+                          floor: float = 1e-12) -> float:
+    """``Σ log(v_t) / T`` over ``total`` terms; terms from ``diverged_at`` on (or missing) are
+    charged ``log(l0)``.  ``values`` are gaps ``l_t − l*`` (clamped below at ``floor``)."""
+    charge = math.log(max(l0, floor))
+    terms = []
+    for t in range(total):
+        if (diverged_at is not None and t >= diverged_at) or t >= len(values) or not math.isfinite(values[t]):
+            terms.append(charge)
+        else:
+            terms.append(math.log(max(values[t], floor)))
+    return sum(terms) / max(1, total)
+
+
+def _state_bytes(opt) -> int:
+    """Bytes of the tensors an optimizer keeps in its state (per-parameter dicts, or lists of
+    tensors under string keys as the published SaLSa keeps them)."""
+    def size(v) -> int:
+        if torch.is_tensor(v):
+            return v.numel() * v.element_size() if v.dim() > 0 else 0
+        if isinstance(v, dict):
+            return sum(size(x) for x in v.values())
+        if isinstance(v, (list, tuple)):
+            return sum(size(x) for x in v)
+        return 0
+
+    inner = getattr(opt, "optimizer", opt)
+    return size(dict(getattr(inner, "state", {})))
+
+
+def _counter(opt, attr: str, key: str):
+    """Forward/backward counters: autostep's attributes, or the published SaLSa's state keys."""
+    value = getattr(opt, attr, None)
+    if value is None and isinstance(getattr(opt, "state", None), dict):
+        value = opt.state.get(key)
+    return value
+
+
+def _current_lr(opt, inner) -> float:
+    """The step size in use: group["lr"], or the published SaLSa's own attribute."""
+    lr = inner.param_groups[0].get("lr")
+    if lr is None:
+        lr = getattr(opt, "step_size", math.nan)
+    return float(lr)
+
+
+def _select_lr(spec, task: Task, cfg: RunConfig) -> tuple[float, int]:
+    """Run a selector's LR search; returns (lr, training steps it spent)."""
+    kind = spec.options.get("selector")
+    model = task.model
+    if kind == "find_lr":
+        from ..finder import find_lr
+
+        train = task.probe_batches(20, cfg.seed)
+        val = task.probe_batches(4, cfg.seed + 1)
+        res = find_lr(model, lambda p, lr: torch.optim.Adam(p, lr=lr), task.loss_fn, train, val,
+                      steps=20, progress=False)
+        return float(res.lr), int(res.steps_spent)
+    if kind == "torch_lr_finder":
+        from torch_lr_finder import LRFinder
+
+        class _LossModule(torch.nn.Module):  # the finder calls criterion(model(inputs), labels)
+            def __init__(self):
+                super().__init__()
+                self.inner = model
+
+            def forward(self, batch):
+                return task.loss_fn(self.inner, batch)
+
+        num_iter = 100
+        data = [(b, torch.zeros(1)) for b in task.probe_batches(num_iter, cfg.seed)]
+        wrapper = _LossModule()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-7)
+        finder = LRFinder(wrapper, opt, lambda out, _y: out, device="cpu")
+        loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False)
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
+            finder.range_test(loader, end_lr=10, num_iter=num_iter)
+        lrs, losses = finder.history["lr"], finder.history["loss"]
+        finder.reset()
+        best = _steepest(lrs, losses)
+        return best, num_iter
+    raise ValueError(f"unknown selector {kind!r}")
+
+
+def _steepest(lrs, losses, skip_start: int = 10, skip_end: int = 5) -> float:
+    """torch-lr-finder's suggestion: the rate of the most negative loss gradient."""
+    lo, hi = skip_start, max(skip_start + 2, len(lrs) - skip_end)
+    xs, ys = lrs[lo:hi], losses[lo:hi]
+    if len(xs) < 3:
+        return float(lrs[len(lrs) // 2])
+    grads = [(ys[i + 1] - ys[i - 1]) / 2 for i in range(1, len(ys) - 1)]
+    i = min(range(len(grads)), key=lambda j: grads[j] if math.isfinite(grads[j]) else math.inf)
+    return float(xs[i + 1])
+
+
+def run_one(cfg: RunConfig) -> dict:
+    """Train one (problem, method, seed); never raises for a failing method (the error is recorded)."""
+    torch.set_num_threads(1)
+    base = {"config": asdict(cfg), "problem": cfg.problem, "method": cfg.method, "seed": cfg.seed,
+            "role": cfg.role, "lr": cfg.lr}
+    try:
+        task = build_problem(cfg.problem, cfg.seed, cfg.data_dir)
+    except DataMissing as exc:
+        return {**base, "status": "skipped", "reason": str(exc)}
+    spec = registry.get(cfg.method)
+    reason = spec.missing_reason()
+    if reason:
+        return {**base, "status": "skipped", "reason": reason}
+    try:
+        return {**base, "status": "ok", **_train(task, spec, cfg)}
+    except Exception as exc:  # a method that crashes is a result, not a crashed benchmark
+        return {**base, "status": "error", "reason": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=5)}
+
+
+def _train(task: Task, spec, cfg: RunConfig) -> dict:
+    model, loss_fn = task.model, task.loss_fn
+    params = list(model.parameters())
+    steps = cfg.steps
+    context = {"total_steps": steps, "dataset_size": task.dataset_size, "batch_size": task.batch_size}
+    cpu0 = time.process_time()
+    search_steps, peak_lr = 0, cfg.lr
+    if spec.kind == "selector":
+        peak_lr, search_steps = _select_lr(spec, task, cfg)
+    train_steps = max(0, steps - search_steps)
+    if spec.kind == "wrapper":
+        context.update(model=model, loss_fn=loss_fn, probe_data=task.probe_batches(100, cfg.seed),
+                       autolr_defaults={"total_steps": train_steps})
+        opt = spec.build(params, context)
+    elif spec.kind in ("tuned", "selector"):
+        opt = spec.build(params, context, lr=peak_lr)
+    else:
+        opt = spec.build(params, context)
+    inner = getattr(opt, "optimizer", opt)
+    if spec.train_eval_modes:
+        opt.train()
+    warmup = max(1, train_steps // 20) if spec.schedule == "cosine" else 0
+    closure_style = spec.options.get("closure_style")
+
+    losses, gaps, diverged_at = [], [], None
+    ema, curve_every = None, max(1, train_steps // CURVE_POINTS)
+    check_every = max(1, train_steps // CHECKPOINTS)
+    curve, l0 = [], None
+    for t, batch in enumerate(task.batches(train_steps, cfg.seed)):
+        if spec.schedule == "cosine":
+            for g in inner.param_groups:
+                g["lr"] = peak_lr * cosine_factor(t, train_steps, warmup)
+        try:
+            if spec.kind == "closure":
+                if closure_style == "backwards_kwarg":  # the published SaLSa calls backward itself
+                    inner.zero_grad()
+
+                    def closure(backwards=False):
+                        loss = loss_fn(model, batch)
+                        if backwards:
+                            loss.backward()
+                        return loss
+                    loss = opt.step(closure)
+                else:
+                    loss = opt.step(lambda: loss_fn(model, batch))
+            else:
+                opt.zero_grad()
+                loss = loss_fn(model, batch)
+                loss.backward()
+                opt.step()
+            value = float(loss.detach())
+        except FloatingPointError:  # autostep.NonFiniteLossError: the start loss is already NaN
+            value = math.nan
+        if l0 is None:
+            l0 = value
+        losses.append(value)
+        if not math.isfinite(value) or value > EXPLODE * max(abs(l0), 1.0):
+            diverged_at = t
+            break
+        ema = value if ema is None else 0.95 * ema + 0.05 * value
+        if task.exact_optimum and (t % check_every == 0 or t == train_steps - 1):
+            if spec.train_eval_modes:
+                opt.eval()
+            gaps.append(task.evaluate("train")[0])
+            if spec.train_eval_modes:
+                opt.train()
+        if t % curve_every == 0 or t == train_steps - 1:
+            curve.append((t + search_steps, ema, _current_lr(opt, inner), time.process_time() - cpu0))
+    cpu = time.process_time() - cpu0
+    if spec.train_eval_modes:
+        opt.eval()
+    if diverged_at is None:
+        train_loss, _ = task.evaluate("train")
+        val_loss, _ = task.evaluate("val")
+        _, test_metric = task.evaluate("test")
+    else:
+        train_loss = val_loss = test_metric = math.nan
+    if task.exact_optimum:
+        start_gap = gaps[0] if gaps else (l0 or 1.0)
+        n_terms = len(range(0, train_steps, check_every))
+        mll = mean_log_loss_charged(gaps, start_gap, None if diverged_at is None else len(gaps), n_terms)
+    elif train_steps == 0:  # the search used the whole budget
+        mll = math.nan
+    else:
+        mll = mean_log_loss_charged(losses, l0 if l0 is not None else 1.0, diverged_at, train_steps)
+    fw = _counter(opt, "forwards", "n_forwards")
+    bw = _counter(opt, "backwards", "n_backwards")
+    done = len(losses)
+    return {
+        "steps": steps,
+        "search_steps": search_steps,
+        "peak_lr": peak_lr,
+        "train_loss": train_loss,
+        "val_loss": val_loss,
+        "test_metric": test_metric,
+        "metric_name": task.metric,
+        "higher_is_better": task.higher_is_better,
+        "optimum": task.optimum,
+        "optimum_exact": task.exact_optimum,
+        "mean_log_loss": mll,
+        "diverged": diverged_at is not None,
+        "diverged_at": diverged_at,
+        "cpu_s": cpu,
+        "cpu_per_step": cpu / max(1, done + search_steps),
+        "forwards_per_step": (fw / max(1, done)) if fw is not None else 1.0,
+        "backwards_per_step": (bw / max(1, done)) if bw is not None else 1.0,
+        "state_bytes": _state_bytes(opt),
+        "param_bytes": sum(p.numel() * p.element_size() for p in params),
+        "curve": curve,
+        "final_lr": _current_lr(opt, inner),
+    }

@@ -1,0 +1,223 @@
+"""One registry of methods by name: autostep's optimizers and wrappers, torch baselines and peers.
+
+Each :class:`MethodSpec` says how the method is driven (``kind``), whether it needs a closure, how to
+build it, and which optional extra it needs.  ``autostep.create(name, params, **overrides)`` builds
+an optimizer-kind method; ``autostep.list_methods()`` lists the names.  Adding a method to autostep
+and to the benchmark is one entry here.
+
+Kinds
+    ``closure``   a ``torch.optim.Optimizer`` whose ``step(closure)`` does its own backward
+                  (every autostep line search).
+    ``torch``     an ordinary optimizer driven by ``zero_grad(); loss.backward(); step()``
+                  (torch baselines and most peers), optionally with a warm-up + cosine schedule.
+    ``wrapper``   built around a torch optimizer with the model, loss and data (AutoLR).
+    ``selector``  chooses a learning rate before training, then trains a torch optimizer
+                  (``find_lr`` + Adam cosine, torch-lr-finder + Adam); the benchmark counts the
+                  selection's training steps in the method's budget.
+    ``tuned``     a torch optimizer with warm-up + cosine whose peak rate is tuned on a grid.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+__all__ = ["MethodSpec", "REGISTRY", "create", "list_methods", "available", "register_method", "get"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """How to build and drive one method.
+
+    ``build(params, context, **overrides)`` returns the optimizer (kinds closure/torch/tuned) or the
+    wrapper (kind wrapper; ``context`` then holds ``model``, ``loss_fn``, ``probe_data``).  ``context``
+    always holds ``total_steps``, ``dataset_size`` and ``batch_size`` so methods that need them
+    (LABPAL's schedule, AutoLR's explore phase) get them.
+    """
+
+    name: str
+    kind: str
+    build: Callable[..., Any]
+    family: str  # "autostep", "baseline" or "peer"
+    description: str
+    needs_closure: bool = False
+    requires: tuple = ()  # importable modules the method needs
+    extra: Optional[str] = None  # pip extra that provides them
+    schedule: Optional[str] = None  # "cosine": warm-up + cosine schedule driven by the runner
+    grid: tuple = ()  # peak learning rates to tune on (kind "tuned")
+    train_eval_modes: bool = False  # optimizer has .train()/.eval() (Schedule-Free)
+    options: dict = field(default_factory=dict)
+
+    def is_available(self) -> bool:
+        for mod in self.requires:
+            try:
+                importlib.import_module(mod)
+            except Exception:
+                return False
+        return True
+
+    def missing_reason(self) -> Optional[str]:
+        for mod in self.requires:
+            try:
+                importlib.import_module(mod)
+            except Exception as exc:
+                hint = f" (pip install 'autostep[{self.extra}]')" if self.extra else ""
+                return f"{self.name} needs `{mod}`{hint}: {type(exc).__name__}"
+        return None
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    """Add (or replace) a method in the registry."""
+    if spec.kind not in ("closure", "torch", "wrapper", "selector", "tuned"):
+        raise ValueError(f"unknown kind {spec.kind!r} for {spec.name!r}")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def get(name: str) -> MethodSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(REGISTRY)}") from None
+
+
+def list_methods(family: Optional[str] = None, kind: Optional[str] = None,
+                 available_only: bool = False) -> list[str]:
+    """Names in the registry, optionally filtered by family, kind, or installed requirements."""
+    return [n for n, s in REGISTRY.items()
+            if (family is None or s.family == family) and (kind is None or s.kind == kind)
+            and (not available_only or s.is_available())]
+
+
+def available(name: str) -> bool:
+    return get(name).is_available()
+
+
+def create(name: str, params, **overrides):
+    """Build the optimizer registered as ``name`` on ``params`` (keyword overrides win).
+
+    Only optimizer kinds (closure, torch, tuned) can be built this way; wrappers and selectors need
+    a model, a loss and data (see :mod:`autostep.bench`).
+    """
+    spec = get(name)
+    if spec.kind not in ("closure", "torch", "tuned"):
+        raise ValueError(f"{name!r} is a {spec.kind}; build it through the benchmark runner")
+    reason = spec.missing_reason()
+    if reason:
+        raise ImportError(reason)
+    context = overrides.pop("context", {})
+    return spec.build(params, context, **overrides)
+
+
+# ---------------------------------------------------------------------------------- entries
+def _auto(cls_path: str, **fixed):
+    module, cls = cls_path.rsplit(".", 1)
+
+    def build(params, context, **kw):
+        c = getattr(importlib.import_module(module), cls)
+        return c(params, **{**fixed, **kw})
+    return build
+
+
+def _labpal(mode):
+    def build(params, context, **kw):
+        from .optim.labpal import LABPAL
+        args = dict(mode=mode)
+        for key in ("total_steps", "dataset_size", "batch_size"):
+            if context.get(key):
+                args[key] = context[key]
+        args.update(kw)
+        return LABPAL(params, **args)
+    return build
+
+
+def _torch(cls, **fixed):
+    def build(params, context, **kw):
+        return cls(params, **{**fixed, **kw})
+    return build
+
+
+def _peer(module, cls, **fixed):
+    def build(params, context, **kw):
+        return getattr(importlib.import_module(module), cls)(params, **{**fixed, **kw})
+    return build
+
+
+for _name, _path, _fixed, _desc in [
+    ("SLS", "autostep.optim.sls.SLS", {}, "Armijo line search along -g (Vaswani et al. 2019)"),
+    ("AdamSLS", "autostep.optim.sls.AdamSLS", {}, "Armijo with the Adam direction, searched at beta1=0"),
+    ("SALSA", "autostep.optim.salsa.SALSA", {}, "smoothed Armijo (both sides as EMAs)"),
+    ("SALSA-amortized", "autostep.optim.salsa.SALSA", {"amortize": 10}, "SALSA reusing a settled step size"),
+    ("ALSALS", "autostep.optim.salsa.ALSALS", {}, "momentum-aware Armijo along the Adam direction"),
+    ("ALSALS-smooth", "autostep.optim.salsa.ALSALS", {"smooth": 0.9}, "ALSALS with SALSA's smoothing"),
+    ("PLASLS", "autostep.optim.layerwise.PLASLS", {}, "per-layer Armijo step sizes"),
+    ("PAL", "autostep.optim.pal.PAL", {}, "mini-batch parabolic approximation line search"),
+]:
+    register_method(MethodSpec(_name, "closure", _auto(_path, **_fixed), "autostep", _desc,
+                               needs_closure=True, requires=(_path.rsplit(".", 1)[0],)))
+
+register_method(MethodSpec("LABPAL-sgd", "closure", _labpal("sgd"), "autostep",
+                           "large-batch parabola, learning rate reused by SGD", needs_closure=True,
+                           requires=("autostep.optim.labpal",)))
+register_method(MethodSpec("LABPAL-nsgd", "closure", _labpal("nsgd"), "autostep",
+                           "large-batch parabola, normalized SGD steps", needs_closure=True,
+                           requires=("autostep.optim.labpal",)))
+
+
+def _autolr(base):
+    def build(params, context, **kw):
+        from .autolr import AutoLR
+        inner = base(params)
+        return AutoLR(inner, context["model"], context["loss_fn"], context["probe_data"],
+                      **{**context.get("autolr_defaults", {}), **kw})
+    return build
+
+
+register_method(MethodSpec("AutoLR+SGD", "wrapper",
+                           _autolr(lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9)), "autostep",
+                           "explore/exploit learning rate around momentum SGD",
+                           requires=("autostep.autolr",)))
+register_method(MethodSpec("AutoLR+Adam", "wrapper", _autolr(lambda p: torch.optim.Adam(p, lr=1e-4)),
+                           "autostep", "explore/exploit learning rate around Adam",
+                           requires=("autostep.autolr",)))
+register_method(MethodSpec("find_lr+Adam-cosine", "selector", _torch(torch.optim.Adam), "autostep",
+                           "step-sampling LR search, then Adam with warm-up + cosine",
+                           schedule="cosine", requires=("autostep.finder",),
+                           options={"selector": "find_lr"}))
+
+HALF_DECADES_ADAM = tuple(1e-4 * 10 ** (k / 2) for k in range(7))  # 1e-4 ... 1e-1
+HALF_DECADES_SGD = tuple(1e-3 * 10 ** (k / 2) for k in range(7))  # 1e-3 ... 1
+
+register_method(MethodSpec("Adam", "torch", _torch(torch.optim.Adam, lr=1e-3), "baseline",
+                           "Adam at 1e-3, constant (one-shot)"))
+register_method(MethodSpec("Adam-cosine-tuned", "tuned", _torch(torch.optim.Adam), "baseline",
+                           "Adam, warm-up + cosine, peak LR tuned on a 7-point half-decade grid",
+                           schedule="cosine", grid=HALF_DECADES_ADAM))
+register_method(MethodSpec("SGDm-cosine-tuned", "tuned", _torch(torch.optim.SGD, momentum=0.9),
+                           "baseline", "SGD momentum 0.9, warm-up + cosine, tuned peak LR",
+                           schedule="cosine", grid=HALF_DECADES_SGD))
+
+register_method(MethodSpec("Prodigy", "torch", _peer("prodigyopt", "Prodigy", lr=1.0), "peer",
+                           "Prodigy (lr=1.0)", requires=("prodigyopt",), extra="peers"))
+register_method(MethodSpec("D-Adapt-Adam", "torch", _peer("dadaptation", "DAdaptAdam", lr=1.0), "peer",
+                           "D-Adaptation Adam (lr=1.0)", requires=("dadaptation",), extra="peers"))
+register_method(MethodSpec("ScheduleFree-AdamW", "torch",
+                           _peer("schedulefree", "AdamWScheduleFree", lr=2.5e-3), "peer",
+                           "Schedule-Free AdamW at its default lr", requires=("schedulefree",),
+                           extra="peers", train_eval_modes=True))
+register_method(MethodSpec("DoG", "torch", _peer("dog", "DoG"), "peer", "DoG (distance over gradients)",
+                           requires=("dog",), extra="peers"))
+register_method(MethodSpec("SaLSa-published", "closure", _peer("salsa.SaLSA", "SaLSA"), "peer",
+                           "the published SaLSa optimizer (salsa-optimizer package)",
+                           needs_closure=True, requires=("salsa.SaLSA",), extra="peers",
+                           options={"closure_style": "backwards_kwarg"}))
+register_method(MethodSpec("torch-lr-finder+Adam-cosine", "selector", _torch(torch.optim.Adam), "peer",
+                           "torch-lr-finder range test (steepest slope), then Adam warm-up + cosine",
+                           schedule="cosine", requires=("torch_lr_finder",), extra="peers",
+                           options={"selector": "torch_lr_finder"}))
