@@ -9,7 +9,6 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict
 from typing import Callable, Optional, Sequence
 
 from .. import registry

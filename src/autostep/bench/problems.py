@@ -23,7 +23,6 @@ makes ``build`` raise :class:`DataMissing` with the reason; the benchmark report
 from __future__ import annotations
 
 import glob
-import math
 import os
 import tarfile
 from dataclasses import dataclass, field
@@ -359,7 +358,7 @@ PROBLEMS: dict[str, Callable[..., Task]] = {
 
 #: suite -> {problem: optimizer steps per run}
 SUITES: dict[str, dict[str, int]] = {
-    "quick": {"quadratic": 200, "matfac": 200, "digits_mlp": 200},
+    "quick": {"quadratic": 400, "matfac": 400, "digits_mlp": 500},
     "standard": {"quadratic": 500, "matfac": 500, "matfac_k4": 500, "digits_mlp": 600,
                  "fmnist_logreg": 500, "fmnist_mlp": 800, "fmnist_cnn": 300, "char_gpt": 300},
     "tiny": {"quadratic": 12, "digits_mlp": 12},

@@ -205,7 +205,13 @@ def _plt():
         return None
 
 
-def _band(ax, curves, x_index, label, log_y=True):
+def _style(i: int, plt) -> dict:
+    """A distinct (colour, line style) per method index, consistent across panels."""
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {"color": colors[i % len(colors)], "ls": ("-", "--", ":", "-.")[(i // len(colors)) % 4]}
+
+
+def _band(ax, curves, x_index, label, log_y=True, style=None):
     """Median line with a min-max band over seeds, curves resampled on the first curve's x."""
     curves = [c for c in curves if c]
     if not curves:
@@ -216,7 +222,7 @@ def _band(ax, curves, x_index, label, log_y=True):
     med = [statistics.median(v) for v in ys]
     lo = [min(v) for v in ys]
     hi = [max(v) for v in ys]
-    line, = ax.plot(xs, med, label=label, lw=1.3)
+    line, = ax.plot(xs, med, label=label, lw=1.3, **(style or {}))
     ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.15, lw=0)
     if log_y:
         ax.set_yscale("log")
@@ -232,21 +238,22 @@ def _plots(results: dict, s: dict, out_dir: str) -> list:
         present = [m for m in s["methods"] if (p, m) in s["table"]]
         if not present:
             continue
-        fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
-        for m in present:
+        fig, axes = plt.subplots(1, 3, figsize=(19, 4.8))
+        for i, m in enumerate(present):
+            st = _style(i, plt)
             cs = [r["curve"] for r in runs if r["problem"] == p and r["method"] == m and not r["diverged"]]
-            _band(axes[0], cs, 0, m)
-            _band(axes[1], cs, 3, m)
+            _band(axes[0], cs, 0, m, style=st)
+            _band(axes[1], cs, 3, m, style=st)
             ref = [r for r in runs if r["problem"] == p and r["method"] == m]
             if ref and ref[0]["curve"]:
                 c = ref[0]["curve"]
-                axes[2].plot([x[0] for x in c], [x[2] for x in c], label=m, lw=1.1)
+                axes[2].plot([x[0] for x in c], [x[2] for x in c], label=m, lw=1.1, **st)
         axes[0].set(title=f"{p}: training loss (EMA) vs steps", xlabel="step")
         axes[1].set(title="vs CPU seconds", xlabel="CPU s")
         axes[2].set(title="step size / learning rate (seed 0)", xlabel="step", yscale="log")
         for ax in axes:
             ax.grid(alpha=0.3)
-        axes[2].legend(fontsize=7, loc="best")
+        axes[2].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.tight_layout()
         path = os.path.join(out_dir, f"curves_{p}.png")
         fig.savefig(path, dpi=90)
@@ -254,26 +261,27 @@ def _plots(results: dict, s: dict, out_dir: str) -> list:
         out.append(path)
         tune = [r for r in _ok(results["tuning_runs"]) if r["problem"] == p]
         if tune:
-            fig, ax = plt.subplots(figsize=(7, 4.5))
+            fig, ax = plt.subplots(figsize=(11, 5))
             for m in sorted({r["method"] for r in tune}):
                 pts = sorted((r["lr"], r["val_loss"] if not r["diverged"] else math.nan)
                              for r in tune if r["method"] == m)
-                ax.plot([a for a, _ in pts], [b for _, b in pts], "o-", label=f"{m} (grid, tuning seed)")
-            for m in present:
-                spec_kind = _kind(m)
-                if spec_kind in ("tuned",) or m == "Adam":
-                    continue
+                ax.plot([a for a, _ in pts], [b for _, b in pts], "o-", lw=2.2, color="k" if "Adam" in m else "0.45",
+                        label=f"{m}: grid on the tuning seed")
+            colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+            autos = [m for m in present if _kind(m) != "tuned" and m != "Adam"]
+            for i, m in enumerate(autos):
                 vals = [r["val_loss"] for r in runs if r["problem"] == p and r["method"] == m
                         and math.isfinite(r["val_loss"])]
-                if vals:
-                    ax.axhspan(min(vals), max(vals), alpha=0.12)
-                    ax.axhline(statistics.median(vals), lw=0.8, ls="--")
-                    ax.text(ax.get_xlim()[0] if ax.lines else 1e-4, statistics.median(vals), f" {m}",
-                            fontsize=6, va="bottom")
+                if not vals:
+                    continue
+                c = colors[i % len(colors)]
+                ls = ("-", "--", ":", "-.")[(i // len(colors)) % 4]
+                ax.axhspan(min(vals), max(vals), color=c, alpha=0.08, lw=0)
+                ax.axhline(statistics.median(vals), color=c, ls=ls, lw=1.0, label=f"{m} (median, band: seeds)")
             ax.set(xscale="log", yscale="log", xlabel="peak learning rate", ylabel="validation loss",
-                   title=f"{p}: LR sensitivity (bands: automatic methods over seeds)")
+                   title=f"{p}: LR sensitivity of the tuned baselines vs the automatic methods")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
             fig.tight_layout()
             path = os.path.join(out_dir, f"lr_sensitivity_{p}.png")
             fig.savefig(path, dpi=90)
