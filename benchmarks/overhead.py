@@ -17,6 +17,7 @@ Run:  python benchmarks/overhead.py [--steps 600] [--block 50] [--models digits 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import time
@@ -38,6 +39,9 @@ METHODS = {
     "PLASLS": lambda p: autostep.PLASLS(p),
     "SALSA amortize=10": lambda p: autostep.SALSA(p, amortize=10),
     "ALSALS amortize=10": lambda p: autostep.ALSALS(p, amortize=10),
+    "PAL": lambda p: autostep.PAL(p),
+    "LABPAL sgd": lambda p: autostep.LABPAL(p, mode="sgd"),
+    "LABPAL nsgd": lambda p: autostep.LABPAL(p, mode="nsgd"),
 }
 
 
@@ -123,9 +127,11 @@ def run_model(problem_factory, names, steps, block, extra_methods):
         fw = getattr(opt, "forwards", None)
         bw = getattr(opt, "backwards", None)
         total_steps = pos + 3
+        sgd = [c / a for c, a in zip(cpu[name], cpu["SGD"])] if "SGD" in cpu else [math.nan]
         rows.append({
             "method": name,
             "cpu_ratio": statistics.median(ratios),
+            "sgd_ratio": statistics.median(sgd),
             "ms_per_step": 1000 * statistics.median(cpu[name]),
             "fwd": (fw / total_steps) if fw is not None else 1.0,
             "bwd": (bw / total_steps) if bw is not None else 1.0,
@@ -149,10 +155,10 @@ def _train_block(prob, model, opt, batches, start, end):
 
 def print_table(title, rows, n_params):
     print(f"\n## {title}  ({n_params} parameters)\n")
-    print("| method | CPU time / Adam | ms/step | forwards/step | backwards/step | state / params | peak state / params |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | CPU time / Adam | CPU time / SGD | ms/step | forwards/step | backwards/step | state / params | peak state / params |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['cpu_ratio']:.2f} | {r['ms_per_step']:.2f} | {r['fwd']:.2f} | "
+        print(f"| {r['method']} | {r['cpu_ratio']:.2f} | {r['sgd_ratio']:.2f} | {r['ms_per_step']:.2f} | {r['fwd']:.2f} | "
               f"{r['bwd']:.2f} | {r['state']:.2f} | {r['peak']:.2f} |")
 
 
@@ -164,7 +170,7 @@ def main(argv=None):
     ap.add_argument("--methods", nargs="+", default=list(METHODS), help="method names (Adam is always included)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    names = ["Adam"] + [m for m in args.methods if m != "Adam"]
+    names = ["Adam", "SGD"] + [m for m in args.methods if m not in ("Adam", "SGD")]
     unknown = [m for m in names if m not in METHODS]
     if unknown:
         ap.error(f"unknown methods {unknown}; choose from {list(METHODS)}")

@@ -221,7 +221,7 @@ def test_sls_converges_on_convex_logistic_regression():
     gaps = []
     for t in range(300):
         opt.step(lambda: loss_of(w, b))
-        gaps.append(float(loss_of(w, b)) - f_star)
+        gaps.append(float(loss_of(w, b).detach()) - f_star)
     assert gaps[-1] < 1e-6 * max(1.0, abs(f_star)) + 1e-9
     assert gaps[-1] < gaps[10] / 100
     assert opt.skipped_steps == 0
