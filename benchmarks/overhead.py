@@ -105,40 +105,63 @@ def run_model(problem_factory, names, steps, block, extra_methods):
     cpu = {n: [] for n in names}
     peaks = {}
     pos = 0
+    diverged = {}
     # warm-up block (not timed)
     for name in names:
-        _train_block(*setups[name], 0, min(block, steps))
+        try:
+            _train_block(*setups[name], 0, min(block, steps))
+        except autostep.NonFiniteLossError:
+            diverged[name] = 0
     pos = min(block, steps)
     while pos + block <= steps:
         for name in names:
+            if name in diverged:
+                cpu[name].append(math.nan)
+                continue
             t0 = time.process_time()
-            _train_block(*setups[name], pos, pos + block)
+            try:
+                _train_block(*setups[name], pos, pos + block)
+            except autostep.NonFiniteLossError:  # timing stops; the blocks it finished still count
+                diverged[name] = pos
+                cpu[name].append(math.nan)
+                continue
             cpu[name].append((time.process_time() - t0) / block)
         pos += block
     rows = []
     for name in names:
         prob, model, opt, batches = setups[name]
-        with TransientCounter() as tc:
-            for k in range(3):
-                _train_block(prob, model, opt, batches, k, k + 1)
-                tc.end_step()
-            peaks[name] = tc.peak
-        ratios = [c / a for c, a in zip(cpu[name], cpu["Adam"])]
+        peaks[name] = 0
+        if name not in diverged:
+            with TransientCounter() as tc:
+                try:
+                    for k in range(3):
+                        _train_block(prob, model, opt, batches, k, k + 1)
+                        tc.end_step()
+                except autostep.NonFiniteLossError:
+                    diverged[name] = pos
+                peaks[name] = tc.peak
+        ratios = [c / a for c, a in zip(cpu[name], cpu["Adam"]) if math.isfinite(c)] or [math.nan]
+        sgd = [c / a for c, a in zip(cpu[name], cpu["SGD"]) if math.isfinite(c)] or [math.nan]
         fw = getattr(opt, "forwards", None)
         bw = getattr(opt, "backwards", None)
-        total_steps = pos + 3
-        sgd = [c / a for c, a in zip(cpu[name], cpu["SGD"])] if "SGD" in cpu else [math.nan]
+        total_steps = max(1, opt_steps(opt, pos + 3))
         rows.append({
             "method": name,
             "cpu_ratio": statistics.median(ratios),
             "sgd_ratio": statistics.median(sgd),
-            "ms_per_step": 1000 * statistics.median(cpu[name]),
+            "ms_per_step": 1000 * statistics.median([c for c in cpu[name] if math.isfinite(c)] or [math.nan]),
+            "diverged": diverged.get(name),
             "fwd": (fw / total_steps) if fw is not None else 1.0,
             "bwd": (bw / total_steps) if bw is not None else 1.0,
             "state": state_numel(opt) / n_params,
             "peak": (state_numel(opt) + peaks[name]) / n_params,
         })
     return rows, n_params
+
+
+def opt_steps(opt, default: int) -> int:
+    """Steps the optimizer actually took (its own counter when it has one)."""
+    return getattr(opt, "steps", None) or default
 
 
 def _train_block(prob, model, opt, batches, start, end):
@@ -158,7 +181,8 @@ def print_table(title, rows, n_params):
     print("| method | CPU time / Adam | CPU time / SGD | ms/step | forwards/step | backwards/step | state / params | peak state / params |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['method']} | {r['cpu_ratio']:.2f} | {r['sgd_ratio']:.2f} | {r['ms_per_step']:.2f} | {r['fwd']:.2f} | "
+        label = r["method"] + (f" (diverged in the block from step {r['diverged']}; only earlier blocks timed)" if r["diverged"] is not None else "")
+        print(f"| {label} | {r['cpu_ratio']:.2f} | {r['sgd_ratio']:.2f} | {r['ms_per_step']:.2f} | {r['fwd']:.2f} | "
               f"{r['bwd']:.2f} | {r['state']:.2f} | {r['peak']:.2f} |")
 
 
