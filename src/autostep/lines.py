@@ -311,7 +311,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "lines", help="loss along update directions: is the full-batch loss a parabola there?",
         description=__doc__.split("\n\n")[0])
-    p.add_argument("--problem", choices=("digits", "fashion"), default="digits")
+    p.add_argument("--problem", choices=("digits", "fmnist", "fashion"), default="digits",
+                   help="digits (default) or fmnist (alias: fashion; needs dataset-fashion-mnist)")
     p.add_argument("--optimizer", default="sgd",
                    help="sgd (default), adam, pal, labpal-sgd, labpal-nsgd")
     p.add_argument("--lr", type=float, default=None, help="learning rate of sgd/adam")
@@ -329,7 +330,7 @@ def register(subparsers) -> None:
 
 def _main(args) -> int:
     model = loss_fn = train = None
-    if args.problem == "fashion":
+    if args.problem in ("fmnist", "fashion"):
         from .problems import fashion_mnist_mlp
         pb = fashion_mnist_mlp(args.seed, batch_size=args.batch_size)
         if pb is None:
