@@ -9,6 +9,7 @@ contract, replayed randomness, BatchNorm buffers, exact line moves and ``torch.d
 """
 
 from ._closure import CLOSURE_CONTRACT, ClosureError, NonFiniteLossError
+from .autolr import AutoLR
 from .finder import FinderResult, find_lr, range_test
 from .metrics import mean_log_loss
 from .registry import create, list_methods
@@ -30,6 +31,7 @@ __all__ = [
     "mean_log_loss",
     "create",
     "list_methods",
+    "AutoLR",
     "find_lr",
     "range_test",
     "FinderResult",

@@ -183,7 +183,13 @@ register_method(MethodSpec("AutoLR+SGD", "wrapper",
                            _autolr(lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9)), "autostep",
                            "explore/exploit learning rate around momentum SGD",
                            requires=("autostep.autolr",)))
-register_method(MethodSpec("AutoLR+Adam", "wrapper", _autolr(lambda p: torch.optim.Adam(p, lr=1e-4)),
+def _autolr_adam(params, context, **kw):
+    # the paper's r = 1e-3 makes the epsilon bound absolute, which lets one decision raise an
+    # Adam-scale rate 100-fold; AutoLR's docstring recommends r ~ 1e-9 for Adam-like rates
+    return _autolr(lambda p: torch.optim.Adam(p, lr=1e-4))(params, context, **{"eps_threshold": 1e-9, **kw})
+
+
+register_method(MethodSpec("AutoLR+Adam", "wrapper", _autolr_adam,
                            "autostep", "explore/exploit learning rate around Adam",
                            requires=("autostep.autolr",)))
 register_method(MethodSpec("find_lr+Adam-cosine", "selector", _torch(torch.optim.Adam), "autostep",
