@@ -17,20 +17,18 @@ Every decision is taken from rank-averaged scalars, so all ranks agree under ``t
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import torch
-from torch.optim import Optimizer
 
 from .._closure import ClosureEvaluator
 from .._line import Line, axpy_
-from ..distributed import Reducer
 from . import _functional as F
 from . import _validate as V
+from ._common import AutostepOptimizer
 
 __all__ = ["ArmijoOptimizer", "Plan", "Segment"]
 
@@ -66,7 +64,7 @@ class Plan:
     zero: list = field(default_factory=list)  # per segment: the search direction is exactly zero
 
 
-class ArmijoOptimizer(Optimizer):
+class ArmijoOptimizer(AutostepOptimizer):
     """Base class; see the subclasses for the documented algorithms.
 
     Counters (cumulative, in ``state_dict``): :attr:`forwards`, :attr:`backwards`, :attr:`trials`,
@@ -88,9 +86,7 @@ class ArmijoOptimizer(Optimizer):
     _momentum_aware: bool = False
 
     def __init__(self, params, defaults: dict):
-        super().__init__(params, defaults)
-        self.reducer = Reducer()
-        self._ls: dict = {
+        super().__init__(params, defaults, {
             "step": 0,
             "forwards": 0,
             "backwards": 0,
@@ -104,26 +100,12 @@ class ArmijoOptimizer(Optimizer):
             "ema_count": 0,
             "log_eta_fast": None,
             "log_eta_slow": None,
-        }
-        self.last_step: dict = {}
+        })
 
-    # ------------------------------------------------------------------ torch.optim plumbing
-    def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        self._validate_group(group)
-        group["step_size"] = group["lr"]
-        first = self.param_groups[0]
-        for key in self._shared:
-            if group[key] != first[key]:
-                raise ValueError(
-                    f"{key} must be the same in every param group (it steers the single line "
-                    f"search of a step); got {first[key]!r} and {group[key]!r}"
-                )
-        self._init_group(group)
-
-    def _init_group(self, group: dict) -> None:
-        """Hook for subclasses (PLASLS builds its layers here)."""
+    def _group_added(self, group: dict) -> None:
+        # the step size last written by the search: group["lr"] differing from it means a scheduler
+        # (or the user) changed the rate between steps
+        group.setdefault("step_size", group["lr"])
 
     def _validate_group(self, group: dict) -> None:
         V.positive("lr", group["lr"])
@@ -140,63 +122,11 @@ class ArmijoOptimizer(Optimizer):
         V.choice("reset", group["reset"], ("growth", "double", "none"))
         V.positive_int("reset_every", group["reset_every"])
 
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state["_ls"] = self._ls
-        state["last_step"] = self.last_step
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        # torch's load_state_dict also calls __setstate__ with state and param_groups only
-        state = dict(state)
-        ls = state.pop("_ls", None)
-        last = state.pop("last_step", None)
-        super().__setstate__(state)
-        if ls is not None:
-            self._ls = ls
-        if last is not None:
-            self.last_step = last
-        if not hasattr(self, "reducer"):
-            self.reducer = Reducer()
-
-    def state_dict(self) -> dict:
-        sd = super().state_dict()
-        sd["autostep"] = copy.deepcopy(self._ls)
-        return sd
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        ls = state_dict.pop("autostep", None)
-        super().load_state_dict(state_dict)
-        if ls is not None:
-            self._ls = copy.deepcopy(ls)
-        for group in self.param_groups:
-            self._init_group(group)
-
     # ------------------------------------------------------------------ public read-outs
-    @property
-    def forwards(self) -> int:
-        """Forward passes (closure calls) since construction."""
-        return self._ls["forwards"]
-
-    @property
-    def backwards(self) -> int:
-        """Backward passes since construction."""
-        return self._ls["backwards"]
-
-    @property
-    def trials(self) -> int:
-        """Trial evaluations (forwards under no_grad) since construction."""
-        return self._ls["trials"]
-
     @property
     def skipped_steps(self) -> int:
         """Steps whose search exhausted ``max_trials`` and left the parameters unchanged."""
         return self._ls["skipped"]
-
-    @property
-    def steps(self) -> int:
-        return self._ls["step"]
 
     @property
     def step_size(self) -> float:
@@ -274,9 +204,6 @@ class ArmijoOptimizer(Optimizer):
         """Hook after step sizes changed (PLASLS recomputes the group's summary lr)."""
 
     # ------------------------------------------------------------------ the step
-    def _all_params(self) -> list:
-        return [p for g in self.param_groups for p in g["params"]]
-
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
         """Take one step; ``closure`` returns the mini-batch loss (see the class docstring).

@@ -8,19 +8,17 @@ the exact directional derivative from the gradient, a parabola through ``l(0)``,
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Callable, Optional
 
 import torch
-from torch.optim import Optimizer
 
 from .._closure import ClosureEvaluator
 from .._line import Line
-from ..distributed import Reducer
 from . import _parabola as P
 from . import _validate as V
 from ._adam import dots, sq_norms
+from ._common import AutostepOptimizer
 
 __all__ = ["PAL"]
 
@@ -38,89 +36,11 @@ CLOSURE_DOC = """
 """
 
 
-class _LineOptimizer(Optimizer):
-    """Shared plumbing of PAL and LABPAL: counters, ``state_dict()["autostep"]``, shared keys."""
-
-    #: hyper-parameters that must have one value in every param group (one line for all groups)
-    _shared: tuple = ()
-
-    def __init__(self, params, defaults: dict, ls: dict):
-        super().__init__(params, defaults)
-        self.reducer = Reducer()
-        self._ls = ls
-        self.last_step: dict = {}
-
-    def add_param_group(self, param_group: dict) -> None:
-        super().add_param_group(param_group)
-        group = self.param_groups[-1]
-        self._validate_group(group)
-        first = self.param_groups[0]
-        for key in self._shared:
-            if group[key] != first[key]:
-                raise ValueError(
-                    f"{key} must be the same in every param group (one line search covers all "
-                    f"groups); got {first[key]!r} and {group[key]!r}"
-                )
-
-    def _validate_group(self, group: dict) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def __getstate__(self) -> dict:
-        state = super().__getstate__()
-        state["_ls"] = self._ls
-        state["last_step"] = self.last_step
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        # torch's load_state_dict also calls __setstate__, with state and param_groups only
-        state = dict(state)
-        ls = state.pop("_ls", None)
-        last = state.pop("last_step", None)
-        super().__setstate__(state)
-        if ls is not None:
-            self._ls = ls
-        if last is not None:
-            self.last_step = last
-        if not hasattr(self, "reducer"):
-            self.reducer = Reducer()
-
-    def state_dict(self) -> dict:
-        sd = super().state_dict()
-        sd["autostep"] = copy.deepcopy(self._ls)
-        return sd
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        ls = state_dict.pop("autostep", None)
-        super().load_state_dict(state_dict)
-        if ls is not None:
-            self._ls = copy.deepcopy(ls)
-
-    def _all_params(self) -> list:
-        return [p for g in self.param_groups for p in g["params"]]
+class _LineOptimizer(AutostepOptimizer):
+    """Shared plumbing of PAL and LABPAL on top of :class:`AutostepOptimizer`."""
 
     def _with_grad(self) -> list[list]:
         return [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
-
-    @property
-    def forwards(self) -> int:
-        """Forward passes (closure calls) since construction."""
-        return self._ls["forwards"]
-
-    @property
-    def backwards(self) -> int:
-        """Backward passes since construction."""
-        return self._ls["backwards"]
-
-    @property
-    def trials(self) -> int:
-        """Trial evaluations (forwards under no_grad at moved parameters) since construction."""
-        return self._ls["trials"]
-
-    @property
-    def steps(self) -> int:
-        """``step`` calls that completed, i.e. batches consumed (the paper's definition of a step)."""
-        return self._ls["step"]
 
     @property
     def step_size(self) -> float:
