@@ -114,6 +114,7 @@ from torch import nn
 
 from ._closure import BufferGuard, RNGSnapshot
 from ._line import Line
+from ._linalg import solve3
 from .distributed import Reducer
 from .optim import _validate as V
 
@@ -159,20 +160,9 @@ def fit_quadratic(eps: Sequence[float], losses: Sequence[float]) -> tuple[float,
 
 
 def _solve3(a: list, b: list) -> list:
-    """Solve a 3x3 linear system by Gaussian elimination with partial pivoting (float64)."""
-    m = [row[:] + [rhs] for row, rhs in zip(a, b)]
-    for col in range(3):
-        piv = max(range(col, 3), key=lambda r: abs(m[r][col]))
-        if m[piv][col] == 0.0:
-            raise ValueError("fit_quadratic: singular system (offsets not distinct)")
-        m[col], m[piv] = m[piv], m[col]
-        for r in range(col + 1, 3):
-            f = m[r][col] / m[col][col]
-            for c in range(col, 4):
-                m[r][c] -= f * m[col][c]
-    x = [0.0, 0.0, 0.0]
-    for r in (2, 1, 0):
-        x[r] = (m[r][3] - sum(m[r][c] * x[c] for c in range(r + 1, 3))) / m[r][r]
+    x = solve3(a, b)
+    if x is None:
+        raise ValueError("fit_quadratic: singular system (offsets not distinct)")
     return x
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
+from .._linalg import solve3
 
 __all__ = [
     "PICKS",
@@ -61,24 +62,8 @@ def log_midpoint(a: float, b: float) -> float:
 
 
 def _solve3(m: list, v: list) -> Optional[list]:
-    """Solve a 3x3 linear system by Gaussian elimination with partial pivoting (None if singular)."""
-    a = [row[:] + [v[i]] for i, row in enumerate(m)]
-    n = 3
-    scale = max(abs(a[i][j]) for i in range(n) for j in range(n)) or 1.0
-    for col in range(n):
-        piv = max(range(col, n), key=lambda r: abs(a[r][col]))
-        if abs(a[piv][col]) <= 1e-12 * scale:
-            return None
-        a[col], a[piv] = a[piv], a[col]
-        for r in range(col + 1, n):
-            f = a[r][col] / a[col][col]
-            for c in range(col, n + 1):
-                a[r][c] -= f * a[col][c]
-    out = [0.0] * n
-    for r in range(n - 1, -1, -1):
-        s = a[r][n] - sum(a[r][c] * out[c] for c in range(r + 1, n))
-        out[r] = s / a[r][r]
-    return out
+    """Solve a 3x3 system (None if numerically singular)."""
+    return solve3(m, v, rtol=1e-12)
 
 
 def local_quadratic(xs: Sequence[float], ys: Sequence[float], i: int, smooth: float) -> tuple:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from typing import Optional, Sequence
+from .._linalg import solve3
 
 __all__ = [
     "fit3",
@@ -78,19 +79,9 @@ def fit_lsq(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, flo
     # normal equations for y ~ p2 u^2 + p1 u + p0
     s = [sum(ui ** k for ui in u) for k in range(5)]
     t = [sum(yi * ui ** k for ui, yi in zip(u, ys)) for k in range(3)]
-    mat = [[s[4], s[3], s[2], t[2]], [s[3], s[2], s[1], t[1]], [s[2], s[1], s[0], t[0]]]
-    for col in range(3):
-        piv = max(range(col, 3), key=lambda r: abs(mat[r][col]))
-        if mat[piv][col] == 0.0:
-            raise ValueError("fit_lsq needs at least three distinct positions")
-        mat[col], mat[piv] = mat[piv], mat[col]
-        for r in range(col + 1, 3):
-            f = mat[r][col] / mat[col][col]
-            for k in range(col, 4):
-                mat[r][k] -= f * mat[col][k]
-    p = [0.0, 0.0, 0.0]
-    for r in (2, 1, 0):
-        p[r] = (mat[r][3] - sum(mat[r][k] * p[k] for k in range(r + 1, 3))) / mat[r][r]
+    p = solve3([[s[4], s[3], s[2]], [s[3], s[2], s[1]], [s[2], s[1], s[0]]], [t[2], t[1], t[0]])
+    if p is None:
+        raise ValueError("fit_lsq needs at least three distinct positions")
     p2, p1, p0 = p
     # back to x: u = (x - m) / h
     a = p2 / (h * h)
