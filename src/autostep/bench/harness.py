@@ -96,11 +96,19 @@ def _best_lr(runs: list[dict]) -> Optional[float]:
 def run_bench(suite: str = "quick", out_dir: str = "bench-out", methods: Optional[Sequence[str]] = None,
               problems: Optional[Sequence[str]] = None, seeds: Sequence[int] = (0, 1, 2),
               workers: int = 2, data_dir: Optional[str] = None, steps: Optional[int] = None,
-              progress: bool = True, report: bool = True, log: Callable = print) -> dict:
+              progress: bool = True, report: bool = True, log: Callable = print,
+              device: str = "cpu") -> dict:
     """Run a suite and write ``out_dir/results.json`` and (``report=True``) the report and plots.
 
-    Finished runs found in ``out_dir/runs`` are reused (resume).  Returns the results dict.
+    Finished runs found in ``out_dir/runs`` are reused (resume).  ``device="cuda"`` trains on the
+    GPU (times are then synchronised wall-clock seconds).  Returns the results dict.
     """
+    if str(device).startswith("cuda"):
+        import torch
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but torch.cuda.is_available() is False")
+    elif device != "cpu":
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     plan = dict(SUITES[suite])
@@ -141,7 +149,7 @@ def run_bench(suite: str = "quick", out_dir: str = "bench-out", methods: Optiona
         log(n)
 
     tuned = [m for m in methods if registry.get(m).kind == "tuned"]
-    tune_cfgs = [RunConfig(p, m, TUNING_SEED, n, lr=lr, role="tune", data_dir=data_dir)
+    tune_cfgs = [RunConfig(p, m, TUNING_SEED, n, lr=lr, role="tune", data_dir=data_dir, device=device)
                  for p, n in plan.items() for m in tuned for lr in registry.get(m).grid]
     n_eval = len(plan) * len(methods) * len(seeds)
     bar = _Progress(len(tune_cfgs) + n_eval, progress)
@@ -159,13 +167,15 @@ def run_bench(suite: str = "quick", out_dir: str = "bench-out", methods: Optiona
                     notes.append(f"{m} on {p}: every grid rate diverged; not evaluated")
                     continue
                 for s in seeds:
-                    eval_cfgs.append(RunConfig(p, m, s, n, lr=chosen.get((p, m)), data_dir=data_dir))
+                    eval_cfgs.append(RunConfig(p, m, s, n, lr=chosen.get((p, m)), data_dir=data_dir,
+                                               device=device))
         bar.total = len(tune_cfgs) + len(eval_cfgs)
         eval_runs = _execute(eval_cfgs, out_dir, workers, bar)
     finally:
         bar.close()
     results = {
         "suite": suite,
+        "device": device,
         "plan": plan,
         "methods": methods,
         "seeds": seeds,

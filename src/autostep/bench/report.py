@@ -131,6 +131,9 @@ def write_report(results: dict, out_dir: str) -> str:
     s = summarize(results)
     plots = _plots(results, s, out_dir)
     lines = [f"# autostep bench — suite `{results['suite']}`", ""]
+    device = results.get("device", "cpu")
+    clock = "synchronised wall-clock seconds on the GPU" if device != "cpu" else "process CPU seconds"
+    lines.append(f"Device: {device}; times are {clock}.")
     lines.append(f"Problems: {', '.join(f'{p} ({n} steps)' for p, n in results['plan'].items())}. "
                  f"Evaluation seeds {results['seeds']} (each fixes initialisation and data order for "
                  f"every method); tuning seed {results['tuning_seed']}. Wall time "

@@ -45,11 +45,13 @@ class RunConfig:
     lr: Optional[float] = None  # peak rate of a tuned method's grid run / chosen rate
     role: str = "eval"  # "eval" or "tune"
     data_dir: Optional[str] = None
+    device: str = "cpu"
 
     def key(self) -> str:
         safe = "".join(c if c.isalnum() or c in "-_.+" else "_" for c in self.method)
         lr = "" if self.lr is None else f"_lr{self.lr:.3e}"
-        return f"{self.problem}/{safe}/{self.role}_s{self.seed}{lr}_n{self.steps}"
+        dev = "" if self.device == "cpu" else f"_{self.device.replace(':', '')}"
+        return f"{self.problem}/{safe}/{self.role}_s{self.seed}{lr}_n{self.steps}{dev}"
 
 
 def run_path(out_dir: str, cfg: RunConfig) -> str:
@@ -186,7 +188,7 @@ def run_one(cfg: RunConfig) -> dict:
     base = {"config": asdict(cfg), "problem": cfg.problem, "method": cfg.method, "seed": cfg.seed,
             "role": cfg.role, "lr": cfg.lr}
     try:
-        task = build_problem(cfg.problem, cfg.seed, cfg.data_dir)
+        task = build_problem(cfg.problem, cfg.seed, cfg.data_dir, cfg.device)
     except DataMissing as exc:
         return {**base, "status": "skipped", "reason": str(exc)}
     spec = registry.get(cfg.method)
@@ -205,7 +207,16 @@ def _train(task: Task, spec, cfg: RunConfig) -> dict:
     params = list(model.parameters())
     steps = cfg.steps
     context = {"total_steps": steps, "dataset_size": task.dataset_size, "batch_size": task.batch_size}
-    cpu0 = time.process_time()
+    # CPU time on the CPU (robust to other load); on a GPU, wall time with synchronisation
+    cuda = task.device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize(task.device)
+        return clock()
+
+    cpu0 = now()
     search_steps, peak_lr = 0, cfg.lr
     if spec.kind == "selector":
         peak_lr, search_steps = _select_lr(spec, task, cfg)
@@ -267,8 +278,8 @@ def _train(task: Task, spec, cfg: RunConfig) -> dict:
             if spec.train_eval_modes:
                 opt.train()
         if t % curve_every == 0 or t == train_steps - 1:
-            curve.append((t + search_steps, ema, _current_lr(opt, inner), time.process_time() - cpu0))
-    cpu = time.process_time() - cpu0
+            curve.append((t + search_steps, ema, _current_lr(opt, inner), now() - cpu0))
+    cpu = now() - cpu0
     if spec.train_eval_modes:
         opt.eval()
     if diverged_at is None:
@@ -303,6 +314,7 @@ def _train(task: Task, spec, cfg: RunConfig) -> dict:
         "diverged": diverged_at is not None,
         "diverged_at": diverged_at,
         "cpu_s": cpu,
+        "clock": "wall (cuda synchronised)" if cuda else "process CPU",
         "cpu_per_step": cpu / max(1, done + search_steps),
         "forwards_per_step": (fw / max(1, done)) if fw is not None else 1.0,
         "backwards_per_step": (bw / max(1, done)) if bw is not None else 1.0,
