@@ -24,6 +24,7 @@ makes ``build`` raise :class:`DataMissing` with the reason; the benchmark report
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import tarfile
@@ -277,6 +278,19 @@ def _shakespeare_text(data_dir) -> Optional[str]:
     return None
 
 
+@functools.lru_cache(maxsize=2)
+def _encoded_text(data_dir) -> tuple:
+    """(source name, vocabulary, character ids) of the char-model corpus; cached per process."""
+    text = _shakespeare_text(data_dir)
+    source = "shakespeare" if text else "pydoc_data"
+    if text is None:
+        text = _pydoc_text()
+    text = text[:1_500_000]
+    chars = sorted(set(text))
+    table = {c: i for i, c in enumerate(chars)}
+    return source, chars, torch.tensor([table[c] for c in text], dtype=torch.long)
+
+
 def _pydoc_text() -> str:
     from pydoc_data.topics import topics
     return "\n".join(topics[k] for k in sorted(topics))
@@ -319,14 +333,7 @@ class CharGPT(nn.Module):
 
 def char_gpt(seed: int = 0, data_dir=None, context: int = 64, batch_size: int = 32, d: int = 64,
              layers: int = 2, heads: int = 4, name: str = "char_gpt") -> Task:
-    text = _shakespeare_text(data_dir)
-    source = "shakespeare" if text else "pydoc_data"
-    if text is None:
-        text = _pydoc_text()
-    text = text[:1_500_000]
-    chars = sorted(set(text))
-    table = {c: i for i, c in enumerate(chars)}
-    data = torch.tensor([table[c] for c in text], dtype=torch.long)
+    source, chars, data = _encoded_text(data_dir)
     n = len(data)
     train, val, test = data[: int(0.9 * n)], data[int(0.9 * n): int(0.95 * n)], data[int(0.95 * n):]
     _seeded(seed)
@@ -421,7 +428,7 @@ PROBLEMS: dict[str, Callable[..., Task]] = {
 SUITES: dict[str, dict[str, int]] = {
     "quick": {"quadratic": 400, "matfac": 400, "digits_mlp": 500},
     "standard": {"quadratic": 500, "matfac": 500, "matfac_k4": 500, "digits_mlp": 600,
-                 "fmnist_logreg": 500, "fmnist_mlp": 800, "fmnist_cnn": 300, "char_gpt": 300},
+                 "fmnist_logreg": 500, "fmnist_mlp": 800, "fmnist_cnn": 300, "char_gpt": 200},
     "gpu": {"resnet20_fmnist": 3000, "char_gpt_large": 2000},
     "tiny": {"quadratic": 12, "digits_mlp": 12},
 }
