@@ -426,7 +426,7 @@ PROBLEMS: dict[str, Callable[..., Task]] = {
 
 #: suite -> {problem: optimizer steps per run}
 SUITES: dict[str, dict[str, int]] = {
-    "quick": {"quadratic": 400, "matfac": 400, "digits_mlp": 500},
+    "quick": {"quadratic": 800, "matfac": 800, "digits_mlp": 1000},
     "standard": {"quadratic": 500, "matfac": 500, "matfac_k4": 500, "digits_mlp": 600,
                  "fmnist_logreg": 500, "fmnist_mlp": 800, "fmnist_cnn": 300, "char_gpt": 200},
     "gpu": {"resnet20_fmnist": 3000, "char_gpt_large": 2000},
