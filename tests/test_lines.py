@@ -77,3 +77,9 @@ def test_cli_subcommand(tmp_path, capsys):
     assert "mean absolute parabola fit error" in text and "observation 1" in text
     with pytest.raises(ValueError, match="optimizer"):
         lines(optimizer="nope", steps=1, out=None)
+
+
+def test_progress_bar_on_request(capsys):
+    res = lines(steps=4, at=[1], grid=[-0.1, 0.0, 0.1], out=None, progress=True)
+    assert len(res.records) == 1
+    assert "lines" in capsys.readouterr().err

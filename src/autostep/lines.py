@@ -113,6 +113,18 @@ def _loss_on(model, loss_fn, data, chunk: int = 4096) -> float:
     return total / n
 
 
+def _progress_bar(total: int, progress: Optional[bool]):
+    """A tqdm bar over the training steps: on when asked, or (None) when stderr is a terminal."""
+    import sys
+    if progress is False or (progress is None and not sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="step", desc="lines", leave=False)
+
+
 def lines(model: Optional[nn.Module] = None,
           loss_fn: Optional[Callable] = None,
           train: Optional[tuple] = None,
@@ -127,7 +139,8 @@ def lines(model: Optional[nn.Module] = None,
           large_batch: Optional[int] = None,
           seed: int = 0,
           out: Optional[str] = "lines.png",
-          batches=None) -> LinesResult:
+          batches=None,
+          progress: Optional[bool] = None) -> LinesResult:
     """Measure the loss along update directions during training (see the module docstring).
 
     Parameters
@@ -146,6 +159,8 @@ def lines(model: Optional[nn.Module] = None,
             subset of the training set); ``None`` uses the whole training set.
         out ("lines.png"): PNG path (``None``: no plot; needs matplotlib).
         batches (None): an iterable of ``(x, y)`` batches to train on instead of drawing them.
+        progress (None): a progress bar over the training steps (``None``: when stderr is a
+            terminal; needs tqdm).
     """
     if model is None:
         from .problems import digits_mlp
@@ -179,9 +194,12 @@ def lines(model: Optional[nn.Module] = None,
     opt = _make_optimizer(optimizer, params, lr, steps)
     closure_based = hasattr(opt, "last_step")
     result = LinesResult()
+    bar = _progress_bar(steps, progress)
     for t, batch in enumerate(batches):
         if t >= steps:
             break
+        if bar is not None:
+            bar.update(1)
         measure = t in at
         if measure:
             w_t = [p.detach().clone() for p in params]
@@ -248,6 +266,8 @@ def lines(model: Optional[nn.Module] = None,
             err_full=P.fit_error(grid, f_losses, fit_f), err_batch=P.fit_error(grid, b_losses, fit_b),
             s_min_full=math.nan if s_f is None else s_f, s_min_batch=math.nan if s_b is None else s_b,
             s_best_full=best))
+    if bar is not None:
+        bar.close()
     if result.records:
         recs = result.records
         result.mean_abs_fit_error = sum(r.err_full for r in recs) / len(recs)
