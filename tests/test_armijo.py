@@ -385,3 +385,26 @@ def test_sparse_gradients_are_refused_with_a_clear_error():
     with pytest.raises(RuntimeError, match="sparse gradients"):
         opt.step(lambda: emb(idx).pow(2).sum())
     assert torch.equal(emb.weight.detach(), before)
+
+
+def test_reused_steps_compute_no_decrease_terms(monkeypatch):
+    import autostep.optim.sls as sls_module
+
+    calls = {"n": 0}
+    real = sls_module.dots
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(sls_module, "dots", counting)
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(20))
+    target = torch.randn(20)
+    opt = autostep.SALSA([w], amortize=10, lr=0.1)
+    reused = 0
+    for _ in range(150):
+        opt.step(lambda: 0.5 * ((w - target) ** 2).sum() + 1.0)
+        reused += bool(opt.last_step.get("reused"))
+    assert reused > 50
+    assert calls["n"] == opt._ls["searches"]  # one decrease term per search, none per reused step

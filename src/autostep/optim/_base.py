@@ -159,7 +159,8 @@ class ArmijoOptimizer(AutostepOptimizer):
                 stacklevel=3,
             )
 
-    def _plan(self, segs: list[Segment]) -> Plan:  # pragma: no cover - abstract
+    def _plan(self, segs: list[Segment], need_s: bool = True) -> Plan:  # pragma: no cover - abstract
+        """Directions of the step; ``need_s=False`` may leave ``Plan.s`` empty (reused step size)."""
         raise NotImplementedError
 
     def _smoothing(self) -> float:
@@ -221,9 +222,6 @@ class ArmijoOptimizer(AutostepOptimizer):
             external = self._sync_external_lr()
             segs = self._segments(ev)
             self._check_grads(segs)
-            plan = self._plan(segs)
-            s = ev.reduce(plan.s) if plan.s else []
-            zero = plan.zero or [si == 0.0 for si in s]
             k_max = self._amortize()
             since = ls["since_search"] + 1
             reuse = (
@@ -232,13 +230,19 @@ class ArmijoOptimizer(AutostepOptimizer):
                 and since < ls["interval"]
                 and not any(external)
             )
-            if not segs or all(not sg.params for sg in segs) or all(zero):
-                info["skipped"] = "zero direction" if segs and any(sg.params for sg in segs) else "no gradients"
+            # a step that reuses the step size needs no decrease terms (no search, no EMA update)
+            plan = self._plan(segs, need_s=not reuse)
+            s = ev.reduce(plan.s) if plan.s else []
+            zero = plan.zero or [si == 0.0 for si in s]
+            if not any(sg.params for sg in segs):
+                info["skipped"] = "no gradients"
             elif reuse:
                 # amortised mode: reuse the settled step size, no trial forward
                 self._apply_final(plan, segs, [sg.eta for sg in segs], line=None)
                 ls["since_search"] = since
                 info.update(accepted=True, reused=True)
+            elif all(zero):
+                info["skipped"] = "zero direction"
             else:
                 ext = {id(g): e for g, e in zip(self.param_groups, external)}
                 etas = [

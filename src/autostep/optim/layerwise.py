@@ -123,5 +123,5 @@ class PLASLS(_AdamDirection, ArmijoOptimizer):
         return out
 
     @torch.no_grad()
-    def _plan(self, segs: list[Segment]) -> Plan:
-        return self._plan_precond(segs)
+    def _plan(self, segs: list[Segment], need_s: bool = True) -> Plan:
+        return self._plan_precond(segs, need_s)

@@ -100,10 +100,11 @@ class SALSA(_AdamDirection, _Smoothed):
         V.choice("direction", group["direction"], ("adam", "sgd"))
         self._validate_adam(group)
 
-    def _plan(self, segs: list[Segment]) -> Plan:
+    def _plan(self, segs: list[Segment], need_s: bool = True) -> Plan:
         if self.param_groups[0]["direction"] == "sgd":
-            return Plan(search=[sg.grads for sg in segs], s=_floats([sq_norms(sg.grads) for sg in segs]))
-        return self._plan_precond(segs)
+            s = _floats([sq_norms(sg.grads) for sg in segs]) if need_s else []
+            return Plan(search=[sg.grads for sg in segs], s=s)
+        return self._plan_precond(segs, need_s)
 
 
 class ALSALS(_AdamDirection, _Smoothed):
@@ -154,7 +155,7 @@ class ALSALS(_AdamDirection, _Smoothed):
         self._validate_adam(group)
 
     @torch.no_grad()
-    def _plan(self, segs: list[Segment]) -> Plan:
+    def _plan(self, segs: list[Segment], need_s: bool = True) -> Plan:
         search, s_t = [], []
         for sg in segs:
             ms, _, d, bc1 = self._adam(sg)
@@ -164,7 +165,8 @@ class ALSALS(_AdamDirection, _Smoothed):
                 torch._foreach_mul_(d, ms)
                 torch._foreach_div_(d, bc1)
             search.append(d)
-            s_t.append(dots(sg.grads, d))
+            if need_s:
+                s_t.append(dots(sg.grads, d))
         s = _floats(s_t)
         zero = [si == 0.0 and all_zero(d) for si, d in zip(s, search)]
         return Plan(search=search, s=s, zero=zero)

@@ -81,8 +81,8 @@ class SLS(ArmijoOptimizer):
                         reset_every=reset_every, max_lr=max_lr, min_lr=min_lr, max_trials=max_trials)
         super().__init__(params, defaults)
 
-    def _plan(self, segs: list[Segment]) -> Plan:
-        s = _floats([sq_norms(sg.grads) for sg in segs])
+    def _plan(self, segs: list[Segment], need_s: bool = True) -> Plan:
+        s = _floats([sq_norms(sg.grads) for sg in segs]) if need_s else []
         return Plan(search=[sg.grads for sg in segs], s=s)
 
 
@@ -97,14 +97,15 @@ class _AdamDirection:
         g = sg.group
         return adam_moments(self.state, sg.params, sg.grads, tuple(g["betas"]), g["eps"])
 
-    def _plan_precond(self, segs: list[Segment]) -> Plan:
+    def _plan_precond(self, segs: list[Segment], need_s: bool = True) -> Plan:
         """Search along g / denom (Adam with beta1 = 0), update along m_hat / denom."""
         search, final, s_t, bc1s = [], [], [], []
         for sg in segs:
             ms, _, denom, bc1 = self._adam(sg)
             search.append((sg.grads, denom))
             final.append((ms, denom))
-            s_t.append(dots(sg.grads, sg.grads, denom))
+            if need_s:
+                s_t.append(dots(sg.grads, sg.grads, denom))
             bc1s.append(bc1)
         return Plan(search=search, s=_floats(s_t), final=final,
                     final_scale=lambda j, eta: [eta / b for b in bc1s[j]])
@@ -152,5 +153,5 @@ class AdamSLS(_AdamDirection, ArmijoOptimizer):
         super()._validate_group(group)
         self._validate_adam(group)
 
-    def _plan(self, segs: list[Segment]) -> Plan:
-        return self._plan_precond(segs)
+    def _plan(self, segs: list[Segment], need_s: bool = True) -> Plan:
+        return self._plan_precond(segs, need_s)
