@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ._closure import BufferGuard, RNGSnapshot
+from ._progress import progress_bar
 from .optim import _parabola as P
 
 __all__ = ["lines", "LineRecord", "LinesResult", "register", "OBSERVATION_1_THRESHOLD"]
@@ -113,18 +114,6 @@ def _loss_on(model, loss_fn, data, chunk: int = 4096) -> float:
     return total / n
 
 
-def _progress_bar(total: int, progress: Optional[bool]):
-    """A tqdm bar over the training steps: on when asked, or (None) when stderr is a terminal."""
-    import sys
-    if progress is False or (progress is None and not sys.stderr.isatty()):
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="step", desc="lines", leave=False)
-
-
 def lines(model: Optional[nn.Module] = None,
           loss_fn: Optional[Callable] = None,
           train: Optional[tuple] = None,
@@ -194,7 +183,7 @@ def lines(model: Optional[nn.Module] = None,
     opt = _make_optimizer(optimizer, params, lr, steps)
     closure_based = hasattr(opt, "last_step")
     result = LinesResult()
-    bar = _progress_bar(steps, progress)
+    bar = progress_bar(progress, steps, "lines")
     for t, batch in enumerate(batches):
         if t >= steps:
             break

@@ -29,13 +29,13 @@ lowest validation loss wins (``lowest``).
 from __future__ import annotations
 
 import math
-import sys
 from typing import Callable, Iterable, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .._closure import RNGSnapshot
+from .._progress import progress_bar
 from .search import (TrialRunner, _as_loss, _check_int, _check_number, _check_reiterable,
                      _ModelState)
 from .result import FinderResult, Trial
@@ -240,7 +240,7 @@ def range_test(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, tr
     state, rng = _ModelState(model), RNGSnapshot()
     params = list(model.parameters())
     lrs, raw, smoothed, trials = [], [], [], []
-    bar = _bar(progress, num_it)
+    bar = progress_bar(progress, num_it, "range_test")
     try:
         for p in params:
             p.grad = None
@@ -300,7 +300,7 @@ def _reset_test(model, make_optimizer, loss_fn, train_data, val_data, start_lr, 
         raise ValueError(f"suggest must be 'lowest' for mode='reset', got {suggest!r}")
     lrs = [start_lr * (end_lr / start_lr) ** (i / (num - 1)) for i in range(num)]
     trials = []
-    bar = _bar(progress, num * steps)
+    bar = progress_bar(progress, num * steps, "range_test")
     with TrialRunner(model, make_optimizer, loss_fn, train_data, val_data, steps) as runner:
         try:
             for lr in lrs:
@@ -326,19 +326,3 @@ def _cycle(data):
             yield batch
         if empty:
             raise ValueError("train_data yielded no batch; pass at least one batch")
-
-
-def _bar(progress, total):
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        import warnings
-
-        warnings.warn("progress=True needs tqdm (pip install tqdm); running without a progress bar",
-                      stacklevel=3)
-        return None
-    return tqdm(total=total, unit="step", desc="range_test", leave=False)

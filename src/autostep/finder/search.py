@@ -54,8 +54,6 @@ from __future__ import annotations
 
 import copy
 import math
-import sys
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Iterator
 from typing import Callable, Optional, Sequence
@@ -63,6 +61,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from .._progress import progress_bar
 from .._closure import RNGSnapshot
 from ..distributed import Reducer
 from .curve import PICKS, analyze
@@ -414,24 +413,6 @@ class _Evaluator:
             self.bar.set_postfix_str(f"lr={lr:.3g}", refresh=False)
 
 
-def _progress_bar(progress, reducer: Reducer):
-    if progress is None:
-        progress = sys.stderr.isatty()
-    if not progress:
-        return None
-    if reducer.active:
-        import torch.distributed as dist
-        if dist.get_rank() != 0:
-            return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        warnings.warn("progress=True needs tqdm (pip install tqdm); running without a progress bar",
-                      stacklevel=3)
-        return None
-    return tqdm(total=None, unit="step", desc="find_lr", leave=False)
-
-
 # ----------------------------------------------------------------------------- the search
 def _key(x: float) -> float:
     return round(x, 9)
@@ -615,7 +596,7 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
         payload = dict(model=model, make_optimizer=make_optimizer, loss_fn=loss_fn,
                        train_data=train_data, val_data=val_data, steps=steps, diverge=diverge,
                        eval_mode=eval_mode, rng_state=runner._rng.cpu)
-    bar = _progress_bar(progress, reducer)
+    bar = progress_bar(progress, None, "find_lr")
     evaluator = None
     try:
         evaluator = _Evaluator(runner, payload, seed_list, executor, workers, bar)
