@@ -169,16 +169,8 @@ def lines(model: Optional[nn.Module] = None,
     else:
         full = (x, y)
     if batches is None:
-        def draw():
-            g = torch.Generator().manual_seed(seed)
-            perm, pos = torch.randperm(len(x), generator=g), 0
-            for _ in range(steps):
-                if pos + batch_size > len(x):
-                    perm, pos = torch.randperm(len(x), generator=g), 0
-                idx = perm[pos:pos + batch_size]
-                pos += batch_size
-                yield x[idx], y[idx]
-        batches = draw()
+        from .problems import epoch_batches
+        batches = epoch_batches((x, y), steps, batch_size, torch.Generator().manual_seed(seed))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _make_optimizer(optimizer, params, lr, steps)
     closure_based = hasattr(opt, "last_step")

@@ -23,6 +23,7 @@ from torch import nn
 
 __all__ = [
     "Problem",
+    "epoch_batches",
     "digits_mlp",
     "fashion_mnist_mlp",
     "load_fashion_mnist",
@@ -30,6 +31,19 @@ __all__ = [
 ]
 
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist",)
+
+
+def epoch_batches(tensors: tuple, n: int, batch_size: int, generator: torch.Generator) -> Iterator[tuple]:
+    """``n`` mini-batches of rows of ``tensors`` (same first dimension), drawn epoch by epoch from
+    permutations made with ``generator``; a last partial batch of an epoch is dropped."""
+    size = len(tensors[0])
+    perm, pos = torch.randperm(size, generator=generator), 0
+    for _ in range(n):
+        if pos + batch_size > size:
+            perm, pos = torch.randperm(size, generator=generator), 0
+        idx = perm[pos:pos + batch_size]
+        pos += batch_size
+        yield tuple(t[idx] for t in tensors)
 
 
 def cross_entropy_loss(model: nn.Module, batch) -> torch.Tensor:
@@ -55,16 +69,7 @@ class Problem:
     info: dict = field(default_factory=dict)
 
     def batches(self, n: int, seed: int = 0, batch_size: Optional[int] = None) -> Iterator[tuple]:
-        bs = batch_size or self.batch_size
-        x, y = self.train
-        g = torch.Generator().manual_seed(seed)
-        perm, pos = torch.randperm(len(x), generator=g), 0
-        for _ in range(n):
-            if pos + bs > len(x):
-                perm, pos = torch.randperm(len(x), generator=g), 0
-            idx = perm[pos:pos + bs]
-            pos += bs
-            yield x[idx], y[idx]
+        return epoch_batches(self.train, n, batch_size or self.batch_size, torch.Generator().manual_seed(seed))
 
     def batch_list(self, n: int, seed: int = 0, batch_size: Optional[int] = None) -> list:
         return list(self.batches(n, seed, batch_size))

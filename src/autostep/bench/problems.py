@@ -34,7 +34,7 @@ from typing import Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..problems import load_fashion_mnist, mlp
+from ..problems import epoch_batches, load_fashion_mnist, mlp
 
 __all__ = ["Task", "DataMissing", "PROBLEMS", "SUITES", "build_problem"]
 
@@ -85,14 +85,8 @@ class Task:
             for _ in range(steps):
                 yield self._dev(self.sample(g))
             return
-        n, bs = self.dataset_size, self.batch_size
-        perm, pos = torch.randperm(n, generator=g), 0
-        for _ in range(steps):
-            if pos + bs > n:
-                perm, pos = torch.randperm(n, generator=g), 0
-            idx = perm[pos:pos + bs]
-            pos += bs
-            yield self._dev(tuple(t[idx] for t in self.train_data))
+        for batch in epoch_batches(self.train_data, steps, self.batch_size, g):
+            yield self._dev(batch)
 
     def probe_batches(self, n: int, seed: int) -> list:
         """Batches for probes/selection (AutoLR's superbatch, LR searches), drawn independently."""
