@@ -36,7 +36,7 @@ from torch import nn
 
 from .._closure import RNGSnapshot
 from .._progress import progress_bar
-from .search import (TrialRunner, _as_loss, _check_int, _check_number, _check_reiterable,
+from .search import (TrialRunner, _as_loss, _cycle, _check_int, _check_number, _check_reiterable,
                      _ModelState)
 from .result import FinderResult, Trial
 
@@ -316,13 +316,3 @@ def _reset_test(model, make_optimizer, loss_fn, train_data, val_data, start_lr, 
     return FinderResult(lr=best.lr, window=None, picks={"lowest": best.lr}, pick="lowest",
                         trials=trials, spread={}, steps_spent=sum(t.steps for t in trials),
                         method="reset_per_rate", curve=curve, info={"steps": steps})
-
-
-def _cycle(data):
-    while True:
-        empty = True
-        for batch in data:
-            empty = False
-            yield batch
-        if empty:
-            raise ValueError("train_data yielded no batch; pass at least one batch")

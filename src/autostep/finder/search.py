@@ -241,13 +241,7 @@ class TrialRunner:
         if seed is not None and isinstance(data, (list, tuple)) and len(data) > 1:
             g = torch.Generator().manual_seed(int(seed))
             data = [data[i] for i in torch.randperm(len(data), generator=g).tolist()]
-        while True:
-            empty = True
-            for batch in data:
-                empty = False
-                yield batch
-            if empty:
-                raise ValueError("train_data yielded no batch; pass at least one batch")
+        return _cycle(data)
 
     def _reduce(self, value: float, device) -> float:
         if self.reducer.active:
@@ -411,6 +405,17 @@ class _Evaluator:
         if self.bar is not None:
             self.bar.update(steps)
             self.bar.set_postfix_str(f"lr={lr:.3g}", refresh=False)
+
+
+def _cycle(data):
+    """Batches of the re-iterable ``data``, round after round, forever (refuses empty data)."""
+    while True:
+        empty = True
+        for batch in data:
+            empty = False
+            yield batch
+        if empty:
+            raise ValueError("train_data yielded no batch; pass at least one batch")
 
 
 # ----------------------------------------------------------------------------- the search
