@@ -206,7 +206,10 @@ def _train(task: Task, spec, cfg: RunConfig) -> dict:
     model, loss_fn = task.model, task.loss_fn
     params = list(model.parameters())
     steps = cfg.steps
-    context = {"total_steps": steps, "dataset_size": task.dataset_size, "batch_size": task.batch_size}
+    context = {"total_steps": steps, "dataset_size": task.dataset_size, "batch_size": task.batch_size,
+               "model": model, "loss_fn": loss_fn}
+    if spec.options.get("probe_data"):  # methods that evaluate losses beyond the training batch
+        context["probe_data"] = task.probe_batches(int(spec.options["probe_data"]), cfg.seed)
     # CPU time on the CPU (robust to other load); on a GPU, wall time with synchronisation
     cuda = task.device.type == "cuda"
     clock = time.perf_counter if cuda else time.process_time
