@@ -524,6 +524,7 @@ def _dist_worker(rank, world, path, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ranks_take_the_same_decisions(tmp_path):
     import torch.multiprocessing as mp
     mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "h")), nprocs=2)

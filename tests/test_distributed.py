@@ -11,6 +11,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import autostep
 
+pytestmark = pytest.mark.slow  # two processes, 8 optimizers, 20 steps each
+
 METHODS = {
     "SLS": lambda p: autostep.SLS(p),
     "AdamSLS": lambda p: autostep.AdamSLS(p),

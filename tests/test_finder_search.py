@@ -370,6 +370,7 @@ def _dist_worker(rank, port, queue):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_ranks_agree():
     import socket
 

@@ -144,7 +144,7 @@ def test_schedule_accumulation_survives_state_dict_round_trip():
         opt.step(closure_for(A, w, cs[t]))
         opt2.step(closure_for(A, w2, cs[t]))
         assert torch.equal(w, w2)
-    assert opt.state_dict()["autostep"] == opt2.state_dict()["autostep"]
+    assert opt.state_dict()["param_groups"] == opt2.state_dict()["param_groups"]
 
 
 def test_failed_fit_without_estimate_uses_best_tested_point_or_measures_again():

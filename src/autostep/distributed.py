@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
-__all__ = ["Reducer", "is_distributed"]
+__all__ = ["Reducer", "is_distributed", "local"]
 
 
 def is_distributed() -> bool:
@@ -53,3 +53,9 @@ class Reducer:
         dist.all_reduce(t, op=dist.ReduceOp.SUM, group=self.group)
         t /= dist.get_world_size(self.group)
         return t.tolist()
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The local shard of a DTensor, the tensor itself otherwise."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if to_local is not None else t

@@ -7,7 +7,15 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["adam_moments", "dots", "sq_norms", "all_zero"]
+__all__ = ["adam_moments", "init_adam_state", "dots", "sq_norms", "all_zero"]
+
+
+def init_adam_state(st: dict, p: torch.Tensor) -> None:
+    """Create Adam's moments (zero) and step count (0) in the per-parameter state ``st``."""
+    if "exp_avg" not in st:
+        st["step"] = 0
+        st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
 @torch.no_grad()
@@ -22,10 +30,7 @@ def adam_moments(state, params: Sequence[torch.Tensor], grads: Sequence[torch.Te
     ms, vs, bc1, bc2s = [], [], [], []
     for p in params:
         st = state[p]
-        if "exp_avg" not in st:
-            st["step"] = 0
-            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        init_adam_state(st, p)
         st["step"] += 1
         k = st["step"]
         ms.append(st["exp_avg"])

@@ -100,6 +100,7 @@ class ArmijoOptimizer(AutostepOptimizer):
             "ema_count": 0,
             "log_eta_fast": None,
             "log_eta_slow": None,
+            "warned_no_grad": False,
         })
 
     def _group_added(self, group: dict) -> None:
@@ -210,7 +211,11 @@ class ArmijoOptimizer(AutostepOptimizer):
         """Take one step; ``closure`` returns the mini-batch loss (see the class docstring).
 
         Returns the loss at the start point (the closure's first evaluation, detached).
+        ``step(None)`` with all-zero gradients only creates the state (torch's distributed
+        checkpoint helpers call it so) and returns ``None``.
         """
+        if self._init_call(closure):
+            return None
         ev = ClosureEvaluator(closure, self._all_params(), self.reducer)
         loss = ev.first()
         ls = self._ls

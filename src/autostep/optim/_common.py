@@ -1,36 +1,67 @@
 """Plumbing shared by every autostep optimizer (Armijo family, PAL, LABPAL).
 
-:class:`AutostepOptimizer` keeps the optimizer-level state ``_ls`` (counters, phase, EMAs; anything
-that is not per-parameter) beside torch's per-parameter ``state``, saves it under
-``state_dict()["autostep"]`` and through pickling/deepcopy, validates every param group when it is
-added, enforces the hyper-parameters that must agree across groups, and exposes the pass counters.
+:class:`AutostepOptimizer` validates every param group when it is added, enforces the
+hyper-parameters that must agree across groups, exposes the pass counters, and keeps the
+optimizer-level state ``_ls`` (counters, phase, EMAs, amortize interval; anything that is not
+per-parameter).
+
+Where the state lives
+    ``_ls`` is a plain dict stored *in the first param group*, under the key ``"autostep"``
+    (:data:`STATE_KEY`), the way Prodigy and schedule-free keep their step-level numbers in
+    ``param_groups``.  Per-parameter buffers are in torch's ``state``.  ``state_dict()`` therefore
+    has only torch's two keys, ``state`` and ``param_groups``, and torch's distributed checkpoint
+    helpers (``get_optimizer_state_dict`` / ``set_optimizer_state_dict``, which keep exactly those
+    two) round-trip everything.  Every value in it is an int, float, bool, str, ``None``, a list of
+    those or a dict of those -- no NaN (``None`` stands for "not computed"), so saved groups compare
+    equal to themselves after a checkpoint round trip.
+
+Torch's state initialisation
+    ``torch.distributed.checkpoint.state_dict`` creates an optimizer's state by setting every
+    gradient to zero and calling ``step(closure=None)``.  :meth:`AutostepOptimizer._init_call`
+    recognises that call: it creates the per-parameter buffers a trained optimizer has (zero
+    moments, zero direction buffers) and changes nothing else -- no counter, no parameter.
 """
 
 from __future__ import annotations
 
 import copy
 
+import torch
 from torch.optim import Optimizer
 
-from ..distributed import Reducer
+from ..distributed import Reducer, local
 
-__all__ = ["AutostepOptimizer"]
+__all__ = ["AutostepOptimizer", "STATE_KEY"]
+
+#: key of the optimizer-level state in ``param_groups[0]``
+STATE_KEY = "autostep"
 
 
 class AutostepOptimizer(Optimizer):
-    """Base class: subclasses implement ``_validate_group`` and ``step``."""
+    """Base class: subclasses implement ``_validate_group``, ``_init_state`` and ``step``."""
 
     #: hyper-parameters that must have one value in every param group (one search covers them all)
     _shared: tuple = ()
 
     def __init__(self, params, defaults: dict, ls: dict):
         super().__init__(params, defaults)
+        self.param_groups[0][STATE_KEY] = ls
         self.reducer = Reducer()
-        self._ls = ls
         self.last_step: dict = {}
+
+    @property
+    def _ls(self) -> dict:
+        """The optimizer-level state (lives in ``param_groups[0]["autostep"]``)."""
+        return self.param_groups[0][STATE_KEY]
 
     # ------------------------------------------------------------------ param groups
     def add_param_group(self, param_group: dict) -> None:
+        if self.param_groups and isinstance(param_group, dict) and STATE_KEY in param_group:
+            raise ValueError(
+                f"a param group must not carry the key {STATE_KEY!r}: it holds the optimizer's own "
+                "state in the first group; build new groups from the parameters and "
+                "hyper-parameters only"
+            )
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         self._validate_group(group)
@@ -52,36 +83,81 @@ class AutostepOptimizer(Optimizer):
     # ------------------------------------------------------------------ state
     def __getstate__(self) -> dict:
         state = super().__getstate__()
-        state["_ls"] = self._ls
         state["last_step"] = self.last_step
         return state
 
     def __setstate__(self, state: dict) -> None:
         # torch's load_state_dict also calls __setstate__, with state and param_groups only
         state = dict(state)
-        ls = state.pop("_ls", None)
+        ls = state.pop("_ls", None)  # pickles from before the state moved into param_groups
         last = state.pop("last_step", None)
         super().__setstate__(state)
-        if ls is not None:
-            self._ls = ls
+        if ls is not None and self.param_groups and STATE_KEY not in self.param_groups[0]:
+            self.param_groups[0][STATE_KEY] = ls
         if last is not None:
             self.last_step = last
         if not hasattr(self, "reducer"):
             self.reducer = Reducer()
 
     def state_dict(self) -> dict:
+        """Torch's ``state`` and ``param_groups``; the optimizer-level state is in the first group.
+
+        Mutable group values (the state dict, per-layer lists) are copied, so the returned dict is a
+        snapshot that later steps do not change.
+        """
         sd = super().state_dict()
-        sd["autostep"] = copy.deepcopy(self._ls)
+        for g in sd["param_groups"]:
+            for k, v in g.items():
+                if k != "params" and isinstance(v, (dict, list)):
+                    g[k] = copy.deepcopy(v)
         return sd
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
-        ls = state_dict.pop("autostep", None)
+        legacy = state_dict.pop("autostep", None)  # checkpoints that kept it at the top level
+        groups = state_dict.get("param_groups")
+        if legacy is not None and groups and STATE_KEY not in groups[0]:
+            state_dict["param_groups"] = [dict(groups[0], **{STATE_KEY: legacy})] + list(groups[1:])
+        current = copy.deepcopy(self._ls)
         super().load_state_dict(state_dict)
-        if ls is not None:
-            self._ls = copy.deepcopy(ls)
+        if STATE_KEY not in self.param_groups[0]:
+            # a state dict without it (e.g. from another optimizer): keep the counters we had
+            self.param_groups[0][STATE_KEY] = current
+        for group in self.param_groups[1:]:
+            group.pop(STATE_KEY, None)
         for group in self.param_groups:
             self._group_added(group)
+
+    # ------------------------------------------------------------------ torch's state initialisation
+    def _init_call(self, closure) -> bool:
+        """True (after creating the state) when ``step(closure=None)`` is torch's initialisation.
+
+        ``torch.distributed.checkpoint.state_dict`` sets every gradient to zero and calls
+        ``step(closure=None)`` to create the optimizer's state.  Such a call creates the
+        per-parameter buffers (:meth:`_init_state`) and changes no parameter and no counter.  A
+        call without closure in any other situation (a gradient that is not zero, or no gradient at
+        all) is left to the closure check, which raises a clear :class:`~autostep.ClosureError`.
+        """
+        if closure is not None:
+            return False
+        grads = [p.grad for p in self._all_params() if p.grad is not None]
+        if not grads:
+            return False
+        with torch.no_grad():
+            for g in grads:
+                g = local(g)
+                if g.is_sparse:
+                    g = g.coalesce().values()
+                if bool(g.any()):
+                    return False
+        self._init_state()
+        return True
+
+    def _init_state(self) -> None:
+        """Create the per-parameter buffers a trained optimizer has (overridden where there are any)."""
+
+    def _params_with_grad(self, group: dict) -> list:
+        return [p for p in group["params"] if p.grad is not None]
 
     # ------------------------------------------------------------------ read-outs
     def _all_params(self) -> list:

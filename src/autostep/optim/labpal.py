@@ -150,7 +150,8 @@ class LABPAL(_LineOptimizer):
             "est_lr": None,  # reused learning rate ("sgd"), alpha s_min / ||d||
             "est_step": None,  # reused update step ("nsgd"), alpha s_min
             "step_size": 0.0,  # length of the last update along the unit direction
-            "fit": {"a": math.nan, "b": math.nan, "c": math.nan, "s_min": math.nan, "ok": False},
+            # the last fit's coefficients (None: not computed); details in last_step["fit"]
+            "fit": {"a": None, "b": None, "c": None, "s_min": None, "ok": False},
         }
         super().__init__(params, defaults, ls)
 
@@ -201,6 +202,16 @@ class LABPAL(_LineOptimizer):
     def paper_step_budget(dataset_size: int, batch_size: int) -> int:
         """Section 4.3: ``150,000 * eps`` training steps for the given sizes (eq. 7)."""
         return P.paper_step_budget(P.noise_factor(dataset_size, batch_size))
+
+    @torch.no_grad()
+    def _init_state(self) -> None:
+        for group in self.param_groups:
+            for p in self._params_with_grad(group):
+                st = self.state[p]
+                st.setdefault("direction", torch.zeros_like(p))
+                st.setdefault("win", 0)  # no window yet (window ids start at 1)
+                if group["momentum"] > 0:
+                    st.setdefault("momentum_buffer", torch.zeros_like(p))
 
     # ------------------------------------------------------------------ helpers
     def _members(self) -> list[list]:
@@ -257,7 +268,11 @@ class LABPAL(_LineOptimizer):
         """Consume one batch; ``closure`` returns its loss (see the class docstring).
 
         Returns the loss at the current parameters (the call's first evaluation, detached).
+        ``step(None)`` with all-zero gradients only creates the state (torch's distributed
+        checkpoint helpers call it so) and returns ``None``.
         """
+        if self._init_call(closure):
+            return None
         ls = self._ls
         ev = ClosureEvaluator(closure, self._all_params(), self.reducer)
         if ls["phase"] == "approx":
@@ -375,7 +390,8 @@ class LABPAL(_LineOptimizer):
             ls["est_step"] = upd
             ls["est_lr"] = upd / norm
         info["fit"] = fit
-        ls["fit"] = {key: fit[key] for key in ("a", "b", "c", "s_min", "ok")}
+        ls["fit"] = {key: None if isinstance(fit[key], float) and math.isnan(fit[key]) else fit[key]
+                     for key in ("a", "b", "c", "s_min", "ok")}
         if ls["est_step"] is None:
             ls["phase"] = "approx"  # nothing to train with: measure again on the next call
         else:

@@ -60,6 +60,14 @@ class PLASLS(_AdamDirection, ArmijoOptimizer):
         super()._validate_group(group)
         self._validate_adam(group)
 
+    def _group_added(self, group: dict) -> None:
+        super()._group_added(group)
+        # the partition is fixed at the first step; the keys exist from the start so that a fresh
+        # optimizer's state dict has the same structure as a trained one's (torch's distributed
+        # checkpoints load only the keys the target already has)
+        for key in ("layers", "layer_names", "layer_lrs"):
+            group.setdefault(key, None)
+
     # ------------------------------------------------------------------ layers
     def _partition(self, group: dict, modules: list) -> tuple[list, list]:
         params = group["params"]
@@ -88,7 +96,7 @@ class PLASLS(_AdamDirection, ArmijoOptimizer):
     def _segments(self, ev) -> list[Segment]:
         segs = []
         for gi, group in enumerate(self.param_groups):
-            if "layers" not in group:
+            if group.get("layers") is None:
                 if len(self.param_groups) > 1:
                     layers, names = [list(range(len(group["params"])))], [group.get("name", f"group{gi}")]
                 else:
@@ -101,7 +109,7 @@ class PLASLS(_AdamDirection, ArmijoOptimizer):
         return [sg for sg in segs if sg.params]
 
     def _on_external_lr(self, group: dict, old: float, new: float) -> None:
-        if "layer_lrs" in group and old > 0:
+        if group.get("layer_lrs") and old > 0:
             ratio = new / old
             group["layer_lrs"] = [min(max(e * ratio, group["min_lr"]), group["max_lr"])
                                   for e in group["layer_lrs"]]
@@ -118,7 +126,7 @@ class PLASLS(_AdamDirection, ArmijoOptimizer):
         """``{layer name: step size}`` over all groups (empty before the first step)."""
         out = {}
         for group in self.param_groups:
-            for n, e in zip(group.get("layer_names", []), group.get("layer_lrs", [])):
+            for n, e in zip(group.get("layer_names") or [], group.get("layer_lrs") or []):
                 out[n] = e
         return out
 

@@ -111,6 +111,13 @@ class PAL(_LineOptimizer):
         V.positive("max_step", group["max_step"])
         V.half_open_unit("momentum", group["momentum"], " (PAL's direction adaptation factor)")
 
+    @torch.no_grad()
+    def _init_state(self) -> None:
+        for group in self.param_groups:
+            if group["momentum"] > 0:
+                for p in self._params_with_grad(group):
+                    self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+
     @property
     def skipped_steps(self) -> int:
         """Steps that left the parameters unchanged (ascent direction, zero or non-finite)."""
@@ -120,8 +127,11 @@ class PAL(_LineOptimizer):
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
         """Take one PAL step; ``closure`` returns the mini-batch loss (see the class docstring).
 
-        Returns the loss at the start point.
+        Returns the loss at the start point.  ``step(None)`` with all-zero gradients only creates
+        the state (torch's distributed checkpoint helpers call it so) and returns ``None``.
         """
+        if self._init_call(closure):
+            return None
         ev = ClosureEvaluator(closure, self._all_params(), self.reducer)
         loss = ev.first()
         first = self.param_groups[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import _validate as V
-from ._adam import adam_moments, dots, sq_norms
+from ._adam import adam_moments, dots, init_adam_state, sq_norms
 from ._base import ArmijoOptimizer, Plan, Segment
 
 __all__ = ["SLS", "AdamSLS"]
@@ -92,6 +92,14 @@ class _AdamDirection:
     def _validate_adam(self, group: dict) -> None:
         V.betas("betas", group["betas"])
         V.positive("eps", group["eps"])
+
+    @torch.no_grad()
+    def _init_state(self) -> None:
+        if self.param_groups[0].get("direction", "adam") != "adam":
+            return
+        for group in self.param_groups:
+            for p in self._params_with_grad(group):
+                init_adam_state(self.state[p], p)
 
     def _adam(self, sg: Segment):
         g = sg.group
