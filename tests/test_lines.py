@@ -6,8 +6,18 @@ import pytest
 import torch
 from torch import nn
 
+import autostep
 from autostep import cli
-from autostep.lines import lines
+from autostep.lines import loss_along_lines
+from autostep.problems import digits_mlp
+
+
+def lines(*args, seed=0, **kw):
+    """loss_along_lines on the user's model; without one, on the digits MLP built here."""
+    if not args:
+        pb = digits_mlp(seed)
+        args = (pb.model, pb.loss_fn, pb.train)
+    return loss_along_lines(*args, seed=seed, **kw)
 
 
 class Quadratic(nn.Module):
@@ -83,3 +93,79 @@ def test_progress_bar_on_request(capsys):
     res = lines(steps=4, at=[1], grid=[-0.1, 0.0, 0.1], out=None, progress=True)
     assert len(res.records) == 1
     assert "lines" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ public surface (issue 12 item 7)
+def test_module_is_an_attribute_of_the_package_and_the_function_has_its_own_name():
+    import importlib
+
+    pkg = importlib.reload(autostep)
+    assert pkg.lines is importlib.import_module("autostep.lines")  # not AttributeError, not a function
+    assert pkg.lines.loss_along_lines is pkg.loss_along_lines
+    with pytest.warns(DeprecationWarning, match="loss_along_lines"):
+        old = pkg.lines.lines  # the README's old spelling keeps working, with a warning
+    assert old is pkg.loss_along_lines
+
+
+def test_no_demo_fallback_and_no_file_by_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError):
+        loss_along_lines()  # model, loss_fn and train are required: no built-in demo problem
+    pb = digits_mlp(0)
+    res = loss_along_lines(pb.model, pb.loss_fn, pb.train, steps=2, every=1,
+                           grid=[-0.1, 0.0, 0.1])
+    assert len(res.records) == 2 and res.png is None
+    assert list(tmp_path.iterdir()) == []  # no lines.png written
+
+
+def test_plot_leaves_the_pyplot_backend_alone(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import matplotlib; matplotlib.use('svg'); import autostep, torch; from torch import nn\n"
+        "from autostep.lines import loss_along_lines, plot\n"
+        "m = nn.Linear(3, 1); x = torch.randn(32, 3); y = torch.randn(32, 1)\n"
+        "lf = lambda mm, b: nn.functional.mse_loss(mm(b[0]), b[1])\n"
+        "r = loss_along_lines(m, lf, (x, y), steps=2, every=1, batch_size=8, "
+        f"out={str(tmp_path / 'a.png')!r})\n"
+        "fig = plot(r)\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    env = dict(__import__("os").environ, PYTHONPATH=__import__("os").pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "svg"
+    assert (tmp_path / "a.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "change, exc, match",
+    [
+        (dict(steps=0), ValueError, "steps must be an integer >= 1"),
+        (dict(every=0), ValueError, "every"),
+        (dict(batch_size=0), ValueError, "batch_size"),
+        (dict(lr=-1.0), ValueError, "lr must be a positive finite number"),
+        (dict(lr=float("nan")), ValueError, "lr must be"),
+        (dict(large_batch=0), ValueError, "large_batch"),
+        (dict(at=[99]), ValueError, "at must list"),
+        (dict(grid=[0.0, 0.0, 0.1]), ValueError, "distinct"),
+        (dict(train=(torch.zeros(3, 3),)), TypeError, "pair of tensors"),
+        (dict(model="m"), TypeError, "nn.Module"),
+    ],
+)
+def test_bad_arguments_raise_before_training(change, exc, match):
+    pb = digits_mlp(0)
+    kw = dict(model=pb.model, loss_fn=pb.loss_fn, train=pb.train, steps=3, out=None)
+    kw.update(change)
+    before = [p.detach().clone() for p in pb.model.parameters()]
+    with pytest.raises(exc, match=match):
+        loss_along_lines(**kw)
+    assert all(torch.equal(a, b) for a, b in zip(before, pb.model.parameters()))
+
+
+def test_meta_device_model_is_refused_clearly():
+    m = nn.Linear(3, 1, device="meta")
+    with pytest.raises(ValueError, match="'meta' device"):
+        loss_along_lines(m, lambda mm, b: mm(b[0]).sum(), (torch.zeros(4, 3), torch.zeros(4)), steps=1)

@@ -10,7 +10,9 @@ contract, replayed randomness, BatchNorm buffers, exact line moves and ``torch.d
 
 from ._closure import CLOSURE_CONTRACT, ClosureError, NonFiniteLossError
 from .autolr import AutoLR
-from .finder import FinderResult, find_lr, range_test
+from .finder import FinderResult, NoViableRateError, find_lr, range_test
+from . import lines
+from .lines import loss_along_lines
 from .metrics import mean_log_loss
 from .registry import create, list_methods
 from .optim import ALSALS, LABPAL, PAL, PLASLS, SALSA, SLS, AdamSLS
@@ -29,11 +31,13 @@ __all__ = [
     "NonFiniteLossError",
     "CLOSURE_CONTRACT",
     "mean_log_loss",
+    "loss_along_lines",
     "create",
     "list_methods",
     "AutoLR",
     "find_lr",
     "range_test",
     "FinderResult",
+    "NoViableRateError",
     "__version__",
 ]

@@ -1,19 +1,20 @@
 """The loss along lines: does the full-batch loss look like a parabola in update directions?
 
-:func:`lines` trains a model with an optimizer for a number of steps and, at chosen steps, measures
+:func:`loss_along_lines` trains the user's model with an optimizer for a number of steps and, at chosen steps, measures
 along that step's update direction (the unit vector from ``w_t`` to ``w_{t+1}``; the unit negative
 gradient of the batch when the optimizer did not move, e.g. a LABPAL approximation call) the loss
 of the direction-defining mini-batch and the full-batch (or a large-batch) training loss on a grid of
 step sizes ``s``.  A least-squares parabola is fitted to each; the result holds the measurements,
-the mean absolute fit errors, the step to each parabola's minimum and the step the optimizer took,
-and a PNG like Figures 1 and 2 (right) of the LABPAL paper is saved.  The paper's observation 1 is
+the mean absolute fit errors, the step to each parabola's minimum and the step the optimizer took;
+:func:`plot` draws Figures 1 and 2 (right) of the LABPAL paper from it (or pass ``out=``).  The paper's observation 1 is
 that full-batch losses along such lines are fitted by parabolas with a mean absolute error below
 ``0.6e-2``.
 
 The measurements never change the training run: parameters are restored exactly, random numbers
 are replayed (same dropout masks for every grid point) and module buffers are put back.
 
-Command line: ``autostep lines [--optimizer sgd] [--steps 300] [--every 10] [--out lines.png]``.
+Command line (on a built-in problem, :mod:`autostep.cli_lines`):
+``autostep lines [--optimizer sgd] [--steps 300] [--every 10] [--out lines.png]``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ import torch
 from torch import nn
 
 from ._closure import BufferGuard, RNGSnapshot
+from ._outputs import check_not_meta
 from ._progress import progress_bar
 from .optim import _parabola as P
 
-__all__ = ["lines", "LineRecord", "LinesResult", "register", "OBSERVATION_1_THRESHOLD"]
+__all__ = ["loss_along_lines", "plot", "LineRecord", "LinesResult", "OBSERVATION_1_THRESHOLD"]
 
 #: observation 1 of the LABPAL paper: mean absolute distance of the parabola fits below 0.6e-2
 OBSERVATION_1_THRESHOLD = 0.6e-2
@@ -72,6 +74,9 @@ class LinesResult:
         return "\n".join(rows)
 
     def summary(self) -> str:
+        if not self.records:
+            return ("no line was measured (no measured step moved the weights or had a non-zero "
+                    "gradient); observation 1 cannot be checked")
         verdict = "holds" if self.observation_1 else "does not hold"
         return (f"mean absolute parabola fit error (full-batch loss): {self.mean_abs_fit_error:.5f} "
                 f"(relative to the loss range on the grid: {self.mean_relative_fit_error:.4f}); "
@@ -99,6 +104,37 @@ def _make_optimizer(optimizer, params, lr: Optional[float], total_steps: int):
                      f"got {optimizer!r}")
 
 
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_args(model, loss_fn, train, lr, steps, every, batch_size, large_batch, at) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError(f"loss_fn must be a callable (model, (x, y)) -> scalar loss, got "
+                        f"{type(loss_fn).__name__}")
+    if (not isinstance(train, (tuple, list)) or len(train) != 2
+            or not all(isinstance(t, torch.Tensor) for t in train) or len(train[0]) != len(train[1])
+            or len(train[0]) == 0):
+        raise TypeError("train must be a pair of tensors (x, y) with the same, non-zero number of "
+                        f"rows, got {type(train).__name__}")
+    check_not_meta(model.parameters(), "lines")
+    _check_int("steps", steps, 1)
+    _check_int("every", every, 1)
+    _check_int("batch_size", batch_size, 1)
+    if large_batch is not None:
+        _check_int("large_batch", large_batch, 1)
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
+                           or not (math.isfinite(lr) and lr > 0)):
+        raise ValueError(f"lr must be a positive finite number (or None for the default), got {lr!r}")
+    if at is not None and any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < steps
+                              for t in at):
+        raise ValueError(f"at must list training steps in 0..{steps - 1}, got {list(at)!r}")
+
+
 def _chunks(data, size: int):
     x, y = data
     for i in range(0, len(x), size):
@@ -114,52 +150,53 @@ def _loss_on(model, loss_fn, data, chunk: int = 4096) -> float:
     return total / n
 
 
-def lines(model: Optional[nn.Module] = None,
-          loss_fn: Optional[Callable] = None,
-          train: Optional[tuple] = None,
-          *,
-          optimizer: Union[str, Callable] = "sgd",
-          lr: Optional[float] = None,
-          steps: int = 300,
-          at: Optional[Sequence[int]] = None,
-          every: int = 10,
-          batch_size: int = 64,
-          grid: Optional[Sequence[float]] = None,
-          large_batch: Optional[int] = None,
-          seed: int = 0,
-          out: Optional[str] = "lines.png",
-          batches=None,
-          progress: Optional[bool] = None) -> LinesResult:
+def loss_along_lines(model: nn.Module,
+                     loss_fn: Callable,
+                     train: tuple,
+                     *,
+                     optimizer: Union[str, Callable] = "sgd",
+                     lr: Optional[float] = None,
+                     steps: int = 300,
+                     at: Optional[Sequence[int]] = None,
+                     every: int = 10,
+                     batch_size: int = 64,
+                     grid: Optional[Sequence[float]] = None,
+                     large_batch: Optional[int] = None,
+                     seed: int = 0,
+                     out: Optional[str] = None,
+                     batches=None,
+                     progress: Optional[bool] = None) -> LinesResult:
     """Measure the loss along update directions during training (see the module docstring).
 
     Parameters
         model, loss_fn, train: the model, ``loss_fn(model, (x, y)) -> scalar tensor`` and the
-            training tensors ``(x, y)``.  All ``None``: the built-in digits MLP
-            (:func:`autostep.problems.digits_mlp`, seeded by ``seed``).
-        optimizer ("sgd"): ``"sgd"`` (lr 0.1), ``"adam"`` (lr 1e-3), ``"pal"``, ``"labpal-sgd"``,
-            ``"labpal-nsgd"``, or a factory ``params -> optimizer``.  Closure-based autostep
-            optimizers get ``step(closure)``; others the usual zero_grad/backward/step.
-        lr (None): learning rate of ``"sgd"``/``"adam"``.
+            training tensors ``(x, y)`` (the "full-batch" loss is taken over them).
+        optimizer ("sgd"): ``"sgd"`` (plain SGD, lr 0.1), ``"adam"`` (lr 1e-3), ``"pal"``,
+            ``"labpal-sgd"``, ``"labpal-nsgd"``, or a factory ``params -> optimizer``.
+            Closure-based autostep optimizers get ``step(closure)``; others the usual
+            zero_grad/backward/step.
+        lr (None): learning rate of ``"sgd"``/``"adam"`` (a positive number).
         steps (300): training steps; at (None): steps to measure, default ``0, every, 2 every..``.
         batch_size (64): mini-batch size (batches are drawn by seeded epochs of permutations).
         grid (None): step sizes ``s`` on the unit line, default 41 points in ``[-0.5, 0.5]`` (the
             paper's range).
         large_batch (None): size of the large batch for the "full-batch" loss (a fixed seeded
             subset of the training set); ``None`` uses the whole training set.
-        out ("lines.png"): PNG path (``None``: no plot; needs matplotlib).
+        out (None): where to save the PNG (needs matplotlib); ``None``: no file is written, call
+            :func:`plot` on the result when you want one.
         batches (None): an iterable of ``(x, y)`` batches to train on instead of drawing them.
         progress (None): a progress bar over the training steps (``None``: when stderr is a
             terminal; needs tqdm).
+
+    Raises ``ValueError``/``TypeError`` naming the bad argument before any training step.
     """
-    if model is None:
-        from .problems import digits_mlp
-        pb = digits_mlp(seed, batch_size=batch_size)
-        model, loss_fn, train = pb.model, pb.loss_fn, pb.train
-    if loss_fn is None or train is None:
-        raise ValueError("give model, loss_fn and train together (or none of them for the demo)")
+    _check_args(model, loss_fn, train, lr, steps, every, batch_size, large_batch, at)
     grid = [(-0.5 + i / 40) for i in range(41)] if grid is None else [float(s) for s in grid]
-    if len(grid) < 3:
-        raise ValueError("grid needs at least three step sizes")
+    if len(grid) < 3 or not all(math.isfinite(s) for s in grid) or len(set(grid)) < 3:
+        raise ValueError(f"grid needs at least three distinct finite step sizes, got {grid!r}")
+    if out is not None:
+        from ._outputs import check_output_file
+        check_output_file(out, "out")
     at = set(range(0, steps, max(1, every)) if at is None else at)
     x, y = train
     if large_batch is not None and large_batch < len(x):
@@ -261,20 +298,28 @@ def lines(model: Optional[nn.Module] = None,
     return result
 
 
-def plot(result: LinesResult, out: str, max_lines: int = 4) -> str:
-    """Save Figure 1 (losses along lines) and Figure 2 right (s_min vs ||g||) side by side."""
+def plot(result: LinesResult, out: Optional[str] = None, max_lines: int = 4):
+    """Figure 1 (losses along lines) and Figure 2 right (s_min vs ||g||) side by side.
+
+    Saves to ``out`` and returns the path when given, else returns the matplotlib ``Figure``.
+    Draws on its own Agg canvas: the user's pyplot backend and figures are never touched.
+    """
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib import rcParams
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("autostep.lines needs matplotlib for the PNG: pip install matplotlib "
                           "(or pass out=None)") from exc
     recs = result.records
+    if not recs:
+        raise ValueError("the result has no measured line to plot")
     pick = sorted({recs[round(i * (len(recs) - 1) / max(1, max_lines - 1))].step
                    for i in range(min(max_lines, len(recs)))})
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    fig = Figure(figsize=(12, 4.8))
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2)
+    colors = rcParams["axes.prop_cycle"].by_key()["color"]
     for i, r in enumerate(r for r in recs if r.step in pick):
         col = colors[i % len(colors)]
         ax1.plot(r.grid, r.full_losses, "-", color=col, lw=2, label=f"step {r.step}: full batch")
@@ -294,55 +339,19 @@ def plot(result: LinesResult, out: str, max_lines: int = 4) -> str:
     ax2.set_title(f"Optimal step vs gradient norm (mean fit error {result.mean_abs_fit_error:.4f})")
     ax2.legend(fontsize=8)
     fig.tight_layout()
+    if out is None:
+        return fig
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
-# ---------------------------------------------------------------------- command line
-def _grid_arg(text: str) -> list:
-    lo, hi, n = text.split(",")
-    n = int(n)
-    if n < 3:
-        raise ValueError("the grid needs at least 3 points")
-    return [float(lo) + (float(hi) - float(lo)) * i / (n - 1) for i in range(n)]
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser(
-        "lines", help="loss along update directions: is the full-batch loss a parabola there?",
-        description=__doc__.split("\n\n")[0])
-    p.add_argument("--problem", choices=("digits", "fmnist", "fashion"), default="digits",
-                   help="digits (default) or fmnist (alias: fashion; needs dataset-fashion-mnist)")
-    p.add_argument("--optimizer", default="sgd",
-                   help="sgd (default), adam, pal, labpal-sgd, labpal-nsgd")
-    p.add_argument("--lr", type=float, default=None, help="learning rate of sgd/adam")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--every", type=int, default=10, help="measure every N steps")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--grid", type=_grid_arg, default=None, metavar="LO,HI,N",
-                   help="step sizes on the unit line (default -0.5,0.5,41, the paper's range)")
-    p.add_argument("--large-batch", type=int, default=None,
-                   help="samples for the 'full-batch' loss (default: the whole training set)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="lines.png", help="PNG path ('' for none)")
-    p.set_defaults(func=_main)
-
-
-def _main(args) -> int:
-    model = loss_fn = train = None
-    if args.problem in ("fmnist", "fashion"):
-        from .problems import fashion_mnist_mlp
-        pb = fashion_mnist_mlp(args.seed, batch_size=args.batch_size)
-        if pb is None:
-            print("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
-            return 1
-        model, loss_fn, train = pb.model, pb.loss_fn, pb.train
-    res = lines(model, loss_fn, train, optimizer=args.optimizer, lr=args.lr, steps=args.steps,
-                every=args.every, batch_size=args.batch_size, grid=args.grid,
-                large_batch=args.large_batch, seed=args.seed, out=args.out or None)
-    print(res.table())
-    print(res.summary())
-    if res.png:
-        print(f"saved {res.png}")
-    return 0
+def __getattr__(name: str):
+    # ``autostep.lines.lines`` was the function's name before it was renamed (it clashed with
+    # the module's): keep old code working, with a warning.
+    if name == "lines":
+        import warnings
+        warnings.warn("autostep.lines.lines is now autostep.lines.loss_along_lines (also "
+                      "autostep.loss_along_lines); the old name will be removed",
+                      DeprecationWarning, stacklevel=2)
+        return loss_along_lines
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -42,8 +42,10 @@ def register(subparsers) -> None:
             return 0
         if args.seeds < 1 or args.workers < 1:
             raise SystemExit("--seeds and --workers must be >= 1")
+        from .._outputs import check_output_dir
         from .harness import run_bench
         try:
+            check_output_dir(args.out, "--out")  # before any run: a bad folder costs nothing
             run_bench(args.suite, args.out, args.methods, args.problems, tuple(range(args.seeds)),
                       args.workers, args.data_dir, args.steps, progress=not args.no_progress,
                       device=args.device)

@@ -58,7 +58,15 @@ def run_path(out_dir: str, cfg: RunConfig) -> str:
     return os.path.join(out_dir, "runs", cfg.key() + ".json")
 
 
+#: what the report reads from every finished run; a cached file without one of them is re-run
+_OK_KEYS = ("problem", "method", "seed", "lr", "train_loss", "val_loss", "test_metric", "curve",
+            "diverged", "mean_log_loss", "cpu_per_step", "forwards_per_step", "backwards_per_step",
+            "state_bytes", "param_bytes")
+
+
 def load_run(out_dir: str, cfg: RunConfig) -> Optional[dict]:
+    """The cached result of ``cfg``, or None when absent, unreadable, malformed (not a JSON object,
+    another config, an ok run missing a field the report needs): such a run is simply re-run."""
     path = run_path(out_dir, cfg)
     if not os.path.exists(path):
         return None
@@ -67,7 +75,12 @@ def load_run(out_dir: str, cfg: RunConfig) -> Optional[dict]:
             data = json.load(f)
     except (OSError, ValueError):
         return None
-    return data if data.get("config") == asdict(cfg) else None
+    if not isinstance(data, dict) or data.get("config") != asdict(cfg) or "status" not in data:
+        return None
+    if data["status"] == "ok" and (any(k not in data for k in _OK_KEYS)
+                                   or not isinstance(data["curve"], list)):
+        return None
+    return data
 
 
 def save_run(out_dir: str, cfg: RunConfig, result: dict) -> None:

@@ -9,12 +9,13 @@
 from .curve import PICKS, CurveAnalysis, analyze
 from .rangetest import range_test
 from .result import FinderResult, Trial, plot_results
-from .search import DEFAULT_LR_RANGE, TrialRunner, find_lr, search_curve
+from .search import DEFAULT_LR_RANGE, NoViableRateError, TrialRunner, find_lr, search_curve
 
 __all__ = [
     "find_lr",
     "range_test",
     "FinderResult",
+    "NoViableRateError",
     "Trial",
     "TrialRunner",
     "plot_results",

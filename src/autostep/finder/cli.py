@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 
@@ -30,8 +31,8 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
     return value
 
 
@@ -89,8 +90,16 @@ def run(args) -> int:
     """Entry point of ``autostep find-lr`` (returns the exit code)."""
     import torch
 
+    from .._outputs import check_output_file
     from .search import find_lr
 
+    if not args.lr_max > args.lr_min:
+        print(f"find-lr: --lr-max ({args.lr_max}) must be larger than --lr-min ({args.lr_min})",
+              file=sys.stderr)
+        return 2
+    path = None
+    if not args.no_plot:  # checked before the search: a bad --out costs nothing
+        path = check_output_file(args.out or f"find_lr_{args.problem}_{args.optimizer}.png", "--out")
     problem = _problem(args.problem, args.seed)
     if problem is None:
         print("find-lr: Fashion-MNIST is not installed (looked in /usr/share/datasets/fashion-mnist);"
@@ -101,10 +110,6 @@ def run(args) -> int:
     xv, yv = problem.val
     val = [(xv[i:i + 1024], yv[i:i + 1024]) for i in range(0, len(xv), 1024)]
     torch.manual_seed(args.seed)
-    if not args.lr_max > args.lr_min:
-        print(f"find-lr: --lr-max ({args.lr_max}) must be larger than --lr-min ({args.lr_min})",
-              file=sys.stderr)
-        return 2
     result = find_lr(problem.model, make_optimizer(args.optimizer), problem.loss_fn, train, val,
                      steps=args.steps, lr_range=(args.lr_min, args.lr_max), tol=args.tol,
                      pick=args.pick, seeds=None if args.seeds == 1 else args.seeds,
@@ -124,8 +129,7 @@ def run(args) -> int:
     n_lrs = len({t.lr for t in result.trials})
     print(f"steps spent {result.steps_spent} ({n_lrs} learning rates, "
           f"{result.info['rounds']} refinement rounds)")
-    if not args.no_plot:
-        path = args.out or f"find_lr_{args.problem}_{args.optimizer}.png"
+    if path is not None:
         try:
             result.plot(path, title=f"{problem.name}, {args.optimizer}: lr = {result.lr:.3g}")
         except ImportError as exc:

@@ -61,17 +61,29 @@ from typing import Callable, Optional, Sequence
 import torch
 from torch import nn
 
+from .._outputs import check_not_meta
 from .._progress import progress_bar
 from .._closure import RNGSnapshot
 from ..distributed import Reducer
 from .curve import PICKS, analyze
 from .result import FinderResult, Trial
 
-__all__ = ["find_lr", "TrialRunner", "search_curve", "DEFAULT_LR_RANGE"]
+__all__ = ["find_lr", "TrialRunner", "search_curve", "DEFAULT_LR_RANGE", "NoViableRateError"]
 
 #: the coarse grid's default span (extended automatically when the curve needs it)
 DEFAULT_LR_RANGE = (1e-5, 1.0)
 _GRID = 0.5  # half a decade, as in the paper
+
+
+class NoViableRateError(ValueError):
+    """No learning rate trained without diverging; ``.result`` holds the search's trials.
+
+    Raised by :func:`find_lr` instead of returning a rate whose trial diverged.
+    """
+
+    def __init__(self, message: str, result: "FinderResult") -> None:
+        super().__init__(message)
+        self.result = result
 
 
 # ----------------------------------------------------------------------------- validation helpers
@@ -211,6 +223,7 @@ class TrialRunner:
         self.steps = _check_int("steps", steps, 1, " (training steps per trial; the paper uses 20)")
         self.diverge = _check_number("diverge", diverge, low=1.0,
                                      hint=" (a trial stops when its loss exceeds diverge x the first loss)")
+        check_not_meta(model.parameters(), "find_lr")
         self.model, self.make_optimizer, self.loss_fn = model, make_optimizer, loss_fn
         self.train_data, self.val_data = train_data, val_data
         self.eval_mode = bool(eval_mode)
@@ -576,6 +589,12 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
     -------
     FinderResult
         ``.lr``, ``.window``, ``.picks``, ``.trials``, ``.spread``, ``.steps_spent``, ``.plot(path)``.
+
+    Raises
+    ------
+    NoViableRateError
+        When every trial diverged (or the lowest loss belongs to a diverged trial): no rate is
+        returned that diverged.  The exception's ``.result`` holds the trials for inspection.
     """
     if pick not in PICKS:
         raise ValueError(f"pick must be one of {PICKS}, got {pick!r}")
@@ -626,6 +645,28 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
     picks = analysis.picks
     info["evaluations"] = len(evaluator.trials) * len(seed_list)
     info["seeds"] = seed_list
-    return FinderResult(lr=picks[pick], window=analysis.window, picks=picks, pick=pick,
-                        trials=evaluator.trials, spread=spread, steps_spent=evaluator.steps,
-                        method="step_sampling", curve=analysis, info=info)
+    result = FinderResult(lr=picks[pick], window=analysis.window, picks=picks, pick=pick,
+                          trials=evaluator.trials, spread=spread, steps_spent=evaluator.steps,
+                          method="step_sampling", curve=analysis, info=info)
+    _check_viable(result)
+    return result
+
+
+def _check_viable(result: FinderResult) -> None:
+    """Raise :class:`NoViableRateError` when no trial converged or the best one diverged."""
+    trials = result.trials
+    ok = [t for t in trials if not t.diverged]
+    best = result.window[1]
+    at_best = [t for t in trials if abs(math.log10(t.lr) - math.log10(best)) < 1e-9]
+    lrs = sorted(t.lr for t in trials)
+    if not ok:
+        raise NoViableRateError(
+            f"find_lr: every trial diverged ({len(trials)} rates from {lrs[0]:.3g} to "
+            f"{lrs[-1]:.3g}), so no learning rate is viable; check the model and loss_fn (a loss "
+            "that grows from the first step), lower lr_range, or raise diverge= (now the threshold "
+            "on the loss relative to the first step)", result)
+    if at_best and all(t.diverged for t in at_best):
+        raise NoViableRateError(
+            f"find_lr: the lowest loss is at {best:.3g}, a rate whose trial diverged; only "
+            f"{len(ok)} of {len(trials)} rates trained without diverging, which is too few to "
+            "read a window; widen lr_range towards smaller rates or use more steps", result)
