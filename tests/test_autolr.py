@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-import autostep.autolr as A
+import autostep.autolr.schedule as S
 from autostep.autolr import (AutoLR, SaturationMonitor, clip_eps, eps_bound, fit_quadratic,
                              next_lr, probe_offsets, quadratic_argmin, should_rollback)
 from autostep.distributed import Reducer
@@ -203,8 +203,7 @@ def test_direction_is_the_real_next_update_and_state_is_untouched(name):
     p.loss_fn(p.model, b).backward()
     before_p, before_s = params_of(p.model), copy.deepcopy(o.state_dict())
     params = a._params()
-    line = A.Line([params], [None])
-    d = a._direction(params, line)
+    d = a._direction(params)
     assert same(params_of(p.model), before_p) and same_state(o.state_dict(), before_s)
     o.step()   # the real update at the current rate
     expect = [w - a.lr * di for w, di in zip(before_p, d)]
@@ -222,7 +221,7 @@ def test_direction_respects_group_ratios():
     b = next(iter(p.batches(1)))
     p.loss_fn(p.model, b).backward()
     params = a._params()
-    d = a._direction(params, A.Line([params], [None]))
+    d = a._direction(params)
     grads = [q.grad for q in params]
     assert torch.allclose(d[0], grads[0], atol=1e-6) and torch.allclose(d[-1], 0.25 * grads[-1],
                                                                          atol=1e-6)
@@ -278,14 +277,14 @@ def test_no_recompute_before_saturation_in_exploit():
 
 @pytest.mark.parametrize("where", ["memory", "disk"])
 def test_rollback_restores_parameters_and_optimizer_state_bitwise(where, tmp_path, monkeypatch):
-    monkeypatch.setattr(A, "should_rollback", lambda phase, before, after: True)
+    monkeypatch.setattr(S, "should_rollback", lambda phase, before, after: True)
     kw = {"snapshot": "disk", "snapshot_dir": str(tmp_path)} if where == "disk" else {}
     p, o, a = make("momentum", explore_steps=100, **kw)
     saved = {}
 
     def hook(i):
         saved[i] = (params_of(p.model), copy.deepcopy(o.state_dict()))
-        if where == "disk" and a._pending is not None:
+        if where == "disk" and a._schedule.pending is not None:
             assert os.listdir(tmp_path)   # the snapshot lives on disk while pending
 
     train(p, a, 21, hook=hook)
@@ -317,7 +316,7 @@ def test_state_dict_round_trip_continues_identically(name, save_at):
     p2, o2, a2 = make(name, **kw)
     train(p2, a2, save_at)
     # a change is pending (its snapshot travels in the dict); at 55 the saturation mode is absolute
-    assert a2._pending is not None
+    assert a2._schedule.pending is not None
     assert a2.saturation_mode == ("relative" if save_at < 50 else "absolute")
     buf = io.BytesIO()
     torch.save({"model": p2.model.state_dict(), "autolr": a2.state_dict()}, buf)
@@ -425,7 +424,7 @@ def test_closure_and_iterable_probe_data():
             return loss
         out = a.step(closure)
         assert isinstance(out, torch.Tensor)
-    assert a.recomputes == 2 and len(a._sb) == 30 and len(a._rate_sb) == 30
+    assert a.recomputes == 2 and len(a._schedule.sb) == 30 and len(a._schedule.rate_sb) == 30
     gen = (b for b in p.batch_list(3))
     with pytest.raises(ValueError, match="ran out"):
         a2 = AutoLR(torch.optim.SGD(p.model.parameters(), lr=0.1), p.model, p.loss_fn, gen,

@@ -1,0 +1,285 @@
+"""The :class:`AutoLR` wrapper: runs the explore/exploit schedule around a torch optimizer, keeps
+the decision log and the state dict.  The parts it uses live beside it (see the package docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from ..distributed import Reducer
+from .direction import update_direction
+from .evaluate import SuperbatchLoss
+from .options import check_objects, check_options, group_lr, seed_rates
+from .schedule import ExploreExploit
+from .snapshot import drop_snapshot, restore_snapshot, snapshot_tensors, take_snapshot
+from .superbatch import SuperbatchSampler, check_probe_data
+
+__all__ = ["AutoLR"]
+
+
+class AutoLR:
+    """Explore/exploit learning-rate control around a ``torch.optim`` optimizer (see module docs).
+
+    Parameters
+    ----------
+    optimizer:
+        The wrapped ``torch.optim.Optimizer``; its update must be linear in ``lr`` (SGD, momentum SGD,
+        Adam, AdamW, ...).  Its current ``lr`` is the seed rate; AutoLR owns ``group["lr"]`` from now
+        on (several groups keep their ratios to group 0).
+    model:
+        The ``nn.Module`` being trained (snapshotted for rollback with its buffers).
+    loss_fn:
+        ``loss_fn(model, batch)`` returns the scalar loss of one mini-batch (same signature as the LR
+        search).  Called only under ``torch.no_grad()`` by AutoLR.
+    probe_data:
+        Mini-batches for the superbatch: a list/tuple of batches (drawn by index with AutoLR's own
+        seeded generator: reproducible and resumable), or a re-iterable such as a ``DataLoader``
+        (batches taken in order, restarting it when exhausted; the current superbatch is then kept
+        in memory and in the state dict).
+    total_steps:
+        Training budget in steps; needed for a fractional ``explore_steps`` and scales the defaults
+        of ``explore_steps`` and ``superbatch`` to the run.
+    explore_steps:
+        Steps of the explore phase: an ``int``, or a ``float`` in ``[0, 1]`` giving a fraction of
+        ``total_steps``.  Default: 20 % of ``total_steps`` (Table 7: 10 of 50 epochs), or
+        ``10 * recompute_every`` when ``total_steps`` is not given.
+    recompute_every:
+        Steps between drop-rate checks (and recomputes in the explore phase).  The paper uses about
+        twice an epoch.  Default ``10 * superbatch`` (the paper's 1000 steps for 100 batches, which
+        keeps the cost near its 16.6 % bound).
+    superbatch:
+        Mini-batches per superbatch.  Default 100 as the paper (it notes 50 suffices); when
+        ``total_steps`` is given and shorter than 25 000 steps, ``total_steps // 250`` (at least 1),
+        so that a short run still has 25 windows with the paper's 10:1 window to superbatch ratio
+        (with 100 windows, i.e. superbatches of a few batches, drop rates were noise-dominated
+        and the exploit phase drove the rate to ~1e-6 on Fashion-MNIST: see
+        ``benchmarks/autolr_table2.py``).
+    num_samples:
+        Number of offsets ``eps`` per estimate (default 5; 3 is the minimum).
+    eps_threshold:
+        Relative error threshold ``r`` of eq. 3 (default 1e-3; the paper uses 1e-9 to 1e-12 for NLP
+        models that train at rates ~1e-5).
+    saturation_threshold:
+        Relative saturation threshold (default 100; Table 7 uses 500 for ImageNet, 2-5 for NLP).
+    probe_scale:
+        None (default): the sample offsets span the epsilon bound ``+-(r L)^(1/3)``; a float caps
+        their half-width at ``probe_scale * lr``.
+    min_lr_ratio:
+        Floor of one exploit decision as a fraction of the current rate.
+    rollback:
+        Enable the rollback safeguard (default True).
+    snapshot:
+        ``"memory"`` (default) or ``"disk"`` for the rollback snapshots (see "Cost").
+    snapshot_dir:
+        Folder for disk snapshots (default: a fresh temporary folder).
+    seed:
+        Seed of AutoLR's own generator that draws superbatches from a list.
+    reducer:
+        :class:`~autostep.distributed.Reducer` averaging probe losses over ranks (default: world).
+
+    Attributes
+    ----------
+    history:
+        One dict per decision: ``step, phase, event`` (``"recompute"``, ``"rollback"``,
+        ``"switch"``), ``old_lr, new_lr, eps_min, eps, clipped, rollback, loss, rate, k`` and more.
+    probe_forwards, recomputes, rollbacks:
+        Cumulative counters of the extra work.
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        model: nn.Module,
+        loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+        probe_data: Any,
+        *,
+        total_steps: Optional[int] = None,
+        explore_steps: Optional[float] = None,
+        recompute_every: Optional[int] = None,
+        superbatch: Optional[int] = None,
+        num_samples: int = 5,
+        eps_threshold: float = 1e-3,
+        saturation_threshold: float = 100.0,
+        probe_scale: Optional[float] = None,
+        min_lr_ratio: float = 0.1,
+        rollback: bool = True,
+        snapshot: str = "memory",
+        snapshot_dir: Optional[str] = None,
+        seed: int = 0,
+        reducer: Optional[Reducer] = None,
+    ) -> None:
+        check_objects(optimizer, model, loss_fn)
+        check_probe_data(probe_data)
+        o = check_options(total_steps=total_steps, explore_steps=explore_steps,
+                          recompute_every=recompute_every, superbatch=superbatch,
+                          num_samples=num_samples, eps_threshold=eps_threshold,
+                          saturation_threshold=saturation_threshold, probe_scale=probe_scale,
+                          min_lr_ratio=min_lr_ratio, rollback=rollback, snapshot=snapshot,
+                          snapshot_dir=snapshot_dir, seed=seed)
+        self.options = o
+        self.superbatch, self.num_samples = o.superbatch, o.num_samples
+        self.recompute_every, self.total_steps = o.recompute_every, o.total_steps
+        self.explore_steps, self.eps_threshold = o.explore_steps, o.eps_threshold
+        self.saturation_threshold, self.probe_scale = o.saturation_threshold, o.probe_scale
+        self.min_lr_ratio, self.rollback = o.min_lr_ratio, o.rollback
+        self.snapshot, self.snapshot_dir = o.snapshot, o.snapshot_dir
+
+        self.optimizer = optimizer
+        self.model = model
+        self.loss_fn = loss_fn
+        self.probe_data = probe_data
+        self.reducer = reducer or Reducer()
+        self._sampler = SuperbatchSampler(probe_data, o.superbatch, o.seed)
+        self._loss = SuperbatchLoss(model, loss_fn, self.reducer)
+        _, self._ratios = seed_rates(optimizer)
+        self._schedule = ExploreExploit(
+            o, self._sampler, self._loss, rate=lambda: self.lr, set_rate=self._set_lr,
+            direction=self._direction, params=self._params, take_snapshot=self._take_snapshot,
+            restore_snapshot=self._restore_snapshot, drop_snapshot=drop_snapshot)
+
+    # ------------------------------------------------------------------ delegation
+    @property
+    def param_groups(self) -> list:
+        """The wrapped optimizer's ``param_groups``."""
+        return self.optimizer.param_groups
+
+    @property
+    def state(self):
+        """The wrapped optimizer's per-parameter ``state``."""
+        return self.optimizer.state
+
+    @property
+    def defaults(self) -> dict:
+        """The wrapped optimizer's ``defaults``."""
+        return self.optimizer.defaults
+
+    @property
+    def lr(self) -> float:
+        """The current learning rate (group 0; other groups keep their initial ratio to it)."""
+        return group_lr(self.optimizer.param_groups[0])
+
+    @property
+    def phase(self) -> str:
+        """``"explore"`` during the first ``explore_steps`` steps, then ``"exploit"``."""
+        return self._schedule.phase
+
+    @property
+    def saturation_mode(self) -> str:
+        """``"relative"`` until the first saturation crossing, ``"absolute"`` after it."""
+        return self._schedule.monitor.mode
+
+    @property
+    def absolute_threshold(self) -> Optional[float]:
+        """The absolute saturation threshold (drop rate at the first crossing), or None."""
+        return self._schedule.monitor.absolute
+
+    @property
+    def steps(self) -> int:
+        """Number of :meth:`step` calls so far."""
+        return self._schedule.t
+
+    @property
+    def history(self) -> list:
+        """The decision log: one dict per decision (see the class docstring)."""
+        return self._schedule.history
+
+    @property
+    def recomputes(self) -> int:
+        """Estimates made so far."""
+        return self._schedule.recomputes
+
+    @property
+    def rollbacks(self) -> int:
+        """Changes undone so far."""
+        return self._schedule.rollbacks
+
+    @property
+    def probe_forwards(self) -> int:
+        """Forward passes AutoLR itself ran (drop-rate checks and probes)."""
+        return self._loss.forwards
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Delegates to the wrapped optimizer's ``zero_grad``."""
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """Delegates to the wrapped optimizer; the group keeps its rate's ratio to the current rate."""
+        self.optimizer.add_param_group(param_group)
+        self._ratios.append(group_lr(self.optimizer.param_groups[-1]) / self.lr)
+
+    def __repr__(self) -> str:
+        return (f"AutoLR(lr={self.lr:.4g}, phase={self.phase}, explore_steps={self.explore_steps}, "
+                f"recompute_every={self.recompute_every}, superbatch={self.superbatch}, "
+                f"optimizer={type(self.optimizer).__name__})")
+
+    def _set_lr(self, eta: float) -> None:
+        for g, ratio in zip(self.optimizer.param_groups, self._ratios):
+            v = eta * ratio
+            if isinstance(g["lr"], torch.Tensor):
+                g["lr"].fill_(v)
+            else:
+                g["lr"] = v
+
+    def _params(self) -> list:
+        seen, out = set(), []
+        for g in self.optimizer.param_groups:
+            for p in g["params"]:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
+
+    def _direction(self, params: list) -> list:
+        """``d`` per unit rate: the wrapped optimizer's real next update, everything restored."""
+        return update_direction(self.optimizer, params, lambda: self._set_lr(1.0))
+
+    def _take_snapshot(self) -> dict:
+        snap, self.snapshot_dir = take_snapshot(snapshot_tensors(self.model, self._params()),
+                                                self.optimizer, self.snapshot, self.snapshot_dir)
+        return snap
+
+    def _restore_snapshot(self, snap: dict) -> None:
+        restore_snapshot(snap, snapshot_tensors(self.model, self._params()), self.optimizer)
+
+    # ------------------------------------------------------------------ the step
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
+        """One training step: maybe check/recompute the rate, then the wrapped optimizer's step.
+
+        Call it after ``loss.backward()``.  A ``closure`` (torch convention: it zeroes the grads,
+        computes the loss and calls ``backward()``) is evaluated first and its loss returned.  At a
+        rollback the update of this step is skipped (the gradient belongs to the abandoned point).
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        skip = self._schedule.begin_step()
+        if not skip:
+            self.optimizer.step()
+        self._schedule.end_step(updated=not skip)
+        return loss
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """The wrapped optimizer's state dict plus AutoLR's own state under the key ``"autolr"``.
+
+        Includes the current superbatch (indices for list ``probe_data``, the batches themselves for
+        an iterable), the pending rollback snapshot (tensors, or the file path for disk snapshots)
+        and the decision history, so a resumed run continues identically (for iterable
+        ``probe_data`` the position of its iterator cannot be saved: later superbatches differ).
+        """
+        sd = self.optimizer.state_dict()
+        sd["autolr"] = {**self._schedule.state_dict(), "ratios": list(self._ratios)}
+        return sd
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Load a dict made by :meth:`state_dict` (a plain optimizer state dict is accepted too)."""
+        sd = dict(state_dict)
+        own = sd.pop("autolr", None)
+        self.optimizer.load_state_dict(sd)
+        if own is None:
+            return
+        self._ratios = list(own["ratios"])
+        self._schedule.load_state_dict(own)
