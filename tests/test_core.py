@@ -95,19 +95,21 @@ def test_evaluator_nan_trial_is_inf():
     assert ev.trial() == math.inf
 
 
-def test_evaluator_detects_zero_grad_in_trial():
+def test_zero_grad_in_a_trial_cannot_touch_the_gradients():
     w = nn.Parameter(torch.tensor([1.0]))
-    opt_like = torch.optim.SGD([w], lr=0.1)
+    opt_like = torch.optim.SGD([w], lr=0.1, foreach=False)
 
     def closure():
         if not torch.is_grad_enabled():
-            opt_like.zero_grad()
+            opt_like.zero_grad(set_to_none=False)
+            w.grad = torch.zeros(1)
         return (w ** 2).sum()
 
     ev = ClosureEvaluator(closure, [w])
     ev.first()
-    with pytest.raises(autostep.ClosureError, match="zero_grad"):
-        ev.trial()
+    g = w.grad
+    ev.trial()
+    assert w.grad is g and torch.equal(g, torch.tensor([2.0]))
 
 
 def test_closure_none_and_not_callable():
@@ -189,17 +191,3 @@ def test_mean_log_loss():
         autostep.mean_log_loss([0.5], optimum=1.0)
     with pytest.raises(ValueError, match="at least one"):
         autostep.mean_log_loss([])
-
-
-def test_closure_replacing_grad_in_trial_is_a_closure_error():
-    w = nn.Parameter(torch.tensor([1.0, 2.0]))
-
-    def closure():
-        if not torch.is_grad_enabled():
-            w.grad = torch.zeros(2)  # replaces the gradient tensor (not an in-place change)
-        return (w ** 2).sum()
-
-    ev = ClosureEvaluator(closure, [w])
-    ev.first()
-    with pytest.raises(autostep.ClosureError, match="changed the parameters' .grad"):
-        ev.trial()

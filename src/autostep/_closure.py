@@ -6,23 +6,46 @@ AutoLR wrapper):
 * :class:`RNGSnapshot` -- the CPU and CUDA generator states, captured and restored, so that every
   evaluation inside one step sees the same dropout masks.  Python's ``random`` and numpy are never
   touched, and nothing is ever reseeded from the clock.
-* :class:`BufferGuard` -- saves the buffers of every module that runs a forward while it watches
-  (BatchNorm running statistics, ``num_batches_tracked``, any buffer a custom module changes in
-  place) and puts them back afterwards, so trial forwards never change the model.
+* :class:`ModelBuffers` -- the buffers of the model(s) that own the optimized parameters (BatchNorm
+  running statistics, ``num_batches_tracked``, any buffer a custom module changes in place), saved
+  before trial forwards and put back after them, so trials never change the model.  The models are
+  found once per optimizer, during its first evaluation; no hook stays registered, and modules
+  that do not belong to those models (another model, another thread) are never touched.
+* :class:`BufferGuard` -- the older per-call variant: saves the buffers of every module that runs a
+  forward *in the calling thread* while it watches (used by the LR search and the line plots).
 * :class:`ClosureEvaluator` -- one step's worth of closure calls: the first evaluation with grad
-  enabled followed by the optimizer's own ``backward()``, then any number of trial evaluations under
-  ``torch.no_grad()``, with the closure contract checked and forwards/backwards counted.
+  enabled (and a backward), then any number of trial evaluations under ``torch.no_grad()``, with
+  the closure contract checked and forwards/backwards counted.
 
-The closure contract
---------------------
-``closure()`` computes the mini-batch loss and returns it as a scalar tensor.  It must not call
-``backward()`` or ``zero_grad()``: the optimizer clears the old gradients and back-propagates itself,
-and calls the closure again under ``torch.no_grad()`` for each trial point.
+The two closure conventions
+---------------------------
+Both are accepted and told apart at the first evaluation of every step:
+
+* **loss-only** (autostep's own): ``closure()`` computes the mini-batch loss and returns it as a
+  scalar tensor, without ``backward()``.  The optimizer clears the old gradients, back-propagates
+  itself, and runs every trial under ``torch.no_grad()``: a trial costs one forward, no graph.
+* **torch-style** (``torch.optim.LBFGS``, Lightning's automatic optimization): the closure calls
+  ``zero_grad()`` (or not, to accumulate) and ``backward()`` itself and returns the loss.  The
+  gradients it leaves in ``.grad`` -- including gradients accumulated before ``step()`` and any
+  clipping the closure applies -- are the step's gradients.  For trials the ``.grad`` fields are set
+  aside (so a ``zero_grad()`` in the closure cannot touch them), the closure runs under
+  ``torch.no_grad()`` and its ``backward()`` call is **skipped**: autostep wraps
+  ``torch.autograd.backward`` once per process with a pass-through that is only active during
+  autostep's own trial evaluations, in the thread running them.  A closure that forces grad mode
+  back on (Lightning's does) still records an autograd graph in its trial forwards, but the graph is
+  never back-propagated; measured with ``benchmarks/closure_styles.py``.
+
+When a torch-style closure adds to gradients that were already there (gradient accumulation), the
+Armijo test uses the gradient of the loss the closure returns (the part its own ``backward()``
+added), while the direction uses the whole accumulated gradient.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
+import weakref
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
@@ -36,16 +59,23 @@ __all__ = [
     "NonFiniteLossError",
     "RNGSnapshot",
     "BufferGuard",
+    "ModelBuffers",
     "ClosureEvaluator",
     "CLOSURE_CONTRACT",
+    "unscale_grads",
 ]
 
 CLOSURE_CONTRACT = (
-    "The closure must compute the mini-batch loss and return it as a scalar tensor, e.g.\n"
-    "    def closure():\n"
+    "The closure computes the mini-batch loss and returns it as a scalar tensor. Either\n"
+    "    def closure():                      # loss-only: trials cost one forward each\n"
     "        return loss_fn(model(x), y)\n"
-    "    optimizer.step(closure)\n"
-    "It must not call loss.backward() or optimizer.zero_grad(): the optimizer does both itself."
+    "or, as for torch.optim.LBFGS and Lightning,\n"
+    "    def closure():                      # torch-style\n"
+    "        optimizer.zero_grad()\n"
+    "        loss = loss_fn(model(x), y)\n"
+    "        loss.backward()\n"
+    "        return loss\n"
+    "    optimizer.step(closure)"
 )
 
 
@@ -72,20 +102,99 @@ class RNGSnapshot:
             torch.cuda.set_rng_state_all(self.cuda)
 
 
+# ---------------------------------------------------------------------- backward interception
+_TLS = threading.local()
+_ORIG_BACKWARD = None
+_INSTALL_LOCK = threading.Lock()
+
+
+class _Recorder:
+    """What a closure's own ``backward()`` calls did during one evaluation (thread-local)."""
+
+    def __init__(self, params: Sequence[torch.Tensor], skip: bool) -> None:
+        self.params = params
+        self.skip = skip
+        self.calls = 0
+        self.pre: list | None = None  # .grad values just before the closure's first backward
+        self.pre_taken = False
+        self.diff: list | None = None  # what the closure's backward calls added to .grad
+
+    def backward(self, orig, args, kwargs):
+        self.calls += 1
+        if self.skip:
+            return None
+        if not self.pre_taken:
+            self.pre_taken = True
+            if any(p.grad is not None for p in self.params):
+                self.pre = [None if p.grad is None else p.grad.detach().clone() for p in self.params]
+        out = orig(*args, **kwargs)
+        if self.pre is not None:
+            self.diff = [
+                None if p.grad is None else (p.grad - pr if pr is not None else p.grad.clone())
+                for p, pr in zip(self.params, self.pre)
+            ]
+        return out
+
+
+def _install_backward_wrapper() -> None:
+    """Wrap ``torch.autograd.backward`` once: a pass-through unless this thread is recording."""
+    global _ORIG_BACKWARD
+    with _INSTALL_LOCK:
+        if _ORIG_BACKWARD is not None:
+            return
+        orig = torch.autograd.backward
+
+        @functools.wraps(orig)
+        def backward(*args, **kwargs):
+            rec = getattr(_TLS, "rec", None)
+            if rec is None:
+                return orig(*args, **kwargs)
+            _TLS.rec = None  # a backward inside a backward hook is the user's business
+            try:
+                return rec.backward(orig, args, kwargs)
+            finally:
+                _TLS.rec = rec
+
+        backward.__autostep_wrapped__ = orig  # type: ignore[attr-defined]
+        torch.autograd.backward = backward
+        _ORIG_BACKWARD = orig
+
+
+@contextmanager
+def _recording(rec: _Recorder) -> Iterator[_Recorder]:
+    prev = getattr(_TLS, "rec", None)
+    _TLS.rec = rec
+    try:
+        yield rec
+    finally:
+        _TLS.rec = prev
+
+
+# ---------------------------------------------------------------------- buffers
+def _restore_items(items) -> None:
+    for module, name, orig, saved in items:
+        if module._buffers.get(name) is not orig:
+            module._buffers[name] = orig
+        orig.copy_(saved)
+
+
 class BufferGuard:
     """Remember module buffers as modules run, and put them back on :meth:`restore`.
 
-    While :meth:`watch` is active, a global forward pre-hook records, the first time each module runs,
-    a copy of its buffers.  :meth:`restore` writes the copies back into every recorded buffer (in
-    place, so references held elsewhere stay valid; a buffer the forward replaced by a new tensor
-    is put back too).  No model reference is
-    needed: whatever modules the closure runs are covered.
+    While :meth:`watch` is active, a global forward pre-hook records, the first time each module runs
+    in the thread that entered :meth:`watch`, a copy of its buffers (modules running in other threads
+    are ignored).  :meth:`restore` writes the copies back into every recorded buffer (in place, so
+    references held elsewhere stay valid; a buffer the forward replaced by a new tensor is put back
+    too).
     """
 
     def __init__(self) -> None:
         self._saved: dict[int, tuple] = {}
+        self._thread: int | None = None
 
     def _hook(self, module: torch.nn.Module, args) -> None:
+        if threading.get_ident() != self._thread or torch.compiler.is_compiling():
+            return
         key = id(module)
         if key in self._saved:
             return
@@ -98,6 +207,7 @@ class BufferGuard:
 
     @contextmanager
     def watch(self) -> Iterator["BufferGuard"]:
+        self._thread = threading.get_ident()
         handle = register_module_forward_pre_hook(self._hook)
         try:
             yield self
@@ -122,6 +232,113 @@ class BufferGuard:
         return [module for module, _ in self._saved.values()]
 
 
+class ModelBuffers:
+    """The buffers of the models that own ``params``, saved and put back around trial forwards.
+
+    The models are found during the first evaluation that runs under :meth:`first_eval`: a forward
+    pre-hook, registered for that one call only, notes the modules that run in the calling thread;
+    afterwards the outermost of them that hold one of ``params`` are kept (as weak references) as
+    the *roots*.  From then on no hook is involved: :meth:`save` copies every buffer of the roots'
+    module trees and :meth:`restore` writes the copies back (in place; a buffer replaced by a new
+    tensor is put back).  Modules outside those trees -- another model, a model in another thread --
+    are never touched.  Parameters held by no module (plain tensors) need nothing.
+
+    With ``torch.compile(model)`` the hook does nothing inside the compiled region (so no graph
+    records it); the compiled wrapper itself runs eagerly and is found as the root.
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor]) -> None:
+        self.key = tuple(id(p) for p in params)
+        self._ids = frozenset(self.key)
+        self._roots: list | None = None  # weakrefs, None until discovered
+        self._order: list = []  # weakrefs of the modules in the order they first ran
+        self._items: list = []  # (module, name, buffer, saved copy)
+
+    @property
+    def discovered(self) -> bool:
+        return self._roots is not None
+
+    def roots(self) -> list:
+        return [m for m in (r() for r in self._roots or []) if m is not None]
+
+    def modules(self) -> list:
+        """Modules of the models, those seen running first (in that order), then the rest."""
+        out, seen = [], set()
+        for m in [r() for r in self._order] + [x for root in self.roots() for x in root.modules()]:
+            if m is not None and id(m) not in seen:
+                seen.add(id(m))
+                out.append(m)
+        return out
+
+    def _finalize(self, ran: list) -> None:
+        roots, covered = [], set()
+        for m in ran:  # pre-hooks fire parent first: the first unseen module is an outermost one
+            if id(m) in covered:
+                continue
+            tree = list(m.modules())
+            if any(id(p) in self._ids for x in tree for p in x._parameters.values() if p is not None):
+                roots.append(m)
+                covered.update(id(x) for x in tree)
+        self._roots = [weakref.ref(m) for m in roots]
+        self._order = [weakref.ref(m) for m in ran if id(m) in covered]
+
+    @contextmanager
+    def first_eval(self) -> Iterator["ModelBuffers"]:
+        """Save the buffers (finding the models on the first call) around a first evaluation."""
+        if self._roots is not None:
+            self.save()
+            yield self
+            return
+        thread = threading.get_ident()
+        ran: list = []
+        seen: set = set()
+        items: list = []
+
+        def hook(module, args):
+            if torch.compiler.is_compiling() or threading.get_ident() != thread:
+                return
+            if id(module) in seen:
+                return
+            seen.add(id(module))
+            ran.append(module)
+            mods = module.modules() if hasattr(module, "_orig_mod") else (module,)
+            for x in mods:
+                for name, buf in x._buffers.items():
+                    if buf is not None:
+                        items.append((x, name, buf, buf.detach().clone()))
+
+        self._items = items
+        handle = register_module_forward_pre_hook(hook)
+        try:
+            yield self
+        finally:
+            handle.remove()
+        self._finalize(ran)
+
+    @torch.no_grad()
+    def save(self) -> None:
+        """Copy every buffer of the models (reusing the copies of the previous call)."""
+        old = {id(b): s for _, _, b, s in self._items}
+        items = []
+        for m in self.modules():
+            for name, buf in m._buffers.items():
+                if buf is None:
+                    continue
+                s = old.get(id(buf))
+                if s is not None and s.shape == buf.shape and s.dtype == buf.dtype:
+                    s.copy_(buf)
+                else:
+                    s = buf.detach().clone()
+                items.append((m, name, buf, s))
+        self._items = items
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Write the saved copies back (a no-op before :meth:`save`)."""
+        _restore_items(self._items)
+
+
+# ---------------------------------------------------------------------- helpers
 def _grad_fingerprint(params: Sequence[torch.Tensor]) -> list:
     """The ``.grad`` objects themselves with their version counters (compared with ``is``)."""
     return [(p.grad, None if p.grad is None else p.grad._version) for p in params]
@@ -151,19 +368,50 @@ def _check_loss(value, where: str) -> torch.Tensor:
     return value
 
 
+def unscale_grads(grad_scaler, optimizer) -> bool:
+    """``grad_scaler.unscale_(optimizer)`` and whether any gradient is inf/NaN.
+
+    The check is recorded in the scaler, so the usual ``grad_scaler.update()`` after the step adapts
+    the scale.  A disabled scaler (or ``None``) unscales nothing and reports no inf.
+    """
+    if grad_scaler is None or not grad_scaler.is_enabled():
+        return False
+    grad_scaler.unscale_(optimizer)
+    state = grad_scaler._per_optimizer_states[id(optimizer)]
+    return any(bool(v.item()) for v in state["found_inf_per_device"].values())
+
+
+def model_buffers(owner, params: Sequence[torch.Tensor]) -> ModelBuffers:
+    """The :class:`ModelBuffers` of ``params`` cached on ``owner`` (found again if they change)."""
+    mb = getattr(owner, "_autostep_model_buffers", None)
+    if mb is None or mb.key != tuple(id(p) for p in params):
+        mb = ModelBuffers(params)
+        try:
+            owner._autostep_model_buffers = mb
+        except AttributeError:  # pragma: no cover - owner with __slots__
+            pass
+    return mb
+
+
+# ---------------------------------------------------------------------- the evaluator
 class ClosureEvaluator:
     """All closure calls of one optimizer step.
 
     Usage (inside an optimizer's ``step``)::
 
-        ev = ClosureEvaluator(closure, params, reducer)
-        loss = ev.first()          # forward with grad, contract checks, zero grads, backward
+        ev = ClosureEvaluator(closure, params, reducer, buffers=model_buffers(self, params))
+        loss = ev.first()          # forward with grad and a backward (ours or the closure's)
         f0 = ev.loss0               # rank-averaged float of the start loss
         f = ev.trial()              # forward under no_grad at the current parameters
         ev.finish()                 # leave the generators where the first evaluation left them
 
-    ``extra`` floats passed to :meth:`first` are averaged over ranks in the same all-reduce as the
-    start loss (use it for gradient-derived scalars that feed decisions).
+    After :meth:`first`, :attr:`torch_style` tells which convention the closure follows and
+    :attr:`slope_grads` is ``None`` when the ``.grad`` fields are the gradient of the returned loss,
+    else one tensor (or ``None``) per parameter: the gradient of the returned loss when the closure
+    added it to gradients accumulated before (the Armijo slope must use that one).
+
+    ``grad_scaler`` (a ``torch.amp.GradScaler``): a loss-only closure's loss is scaled before the
+    optimizer's backward; the caller unscales with :func:`unscale_grads`.
     """
 
     def __init__(
@@ -171,6 +419,8 @@ class ClosureEvaluator:
         closure: Callable[[], torch.Tensor] | None,
         params: Sequence[torch.Tensor],
         reducer: Reducer | None = None,
+        buffers: ModelBuffers | None = None,
+        grad_scaler=None,
     ) -> None:
         if closure is None:
             raise ClosureError(
@@ -182,54 +432,58 @@ class ClosureEvaluator:
                 f"step() got {type(closure).__name__} {closure!r} as closure; pass a function that "
                 f"returns the loss.\n{CLOSURE_CONTRACT}"
             )
+        _install_backward_wrapper()
         self.closure = closure
         self.params = list(params)
         self.reducer = reducer or Reducer()
+        self.buffers = buffers if buffers is not None else ModelBuffers(self.params)
+        self.grad_scaler = grad_scaler
         self.forwards = 0
         self.backwards = 0
         self.loss0: float = math.nan
         self.device = torch.device("cpu")
+        self.torch_style: bool | None = None
+        self.slope_grads: list | None = None
         self._rng_before: RNGSnapshot | None = None
         self._rng_after: RNGSnapshot | None = None
-        self._guard = BufferGuard()
         self._grads: list = []
-        self._gv: list = []
-        self.first_guard: BufferGuard | None = None
         self.loss_eps = 0.0
 
     # ------------------------------------------------------------------ first evaluation
     def _start(self, with_grad: bool) -> torch.Tensor:
-        """Evaluate the closure at the start point and check the contract (shared by first/measure).
+        """Evaluate the closure at the start point and tell the conventions apart.
 
-        On any failure buffers and generators are restored and the gradients are untouched.
+        ``with_grad=False`` (:meth:`measure`) keeps the ``.grad`` fields out of the closure's reach
+        and skips its ``backward()``.  On any failure buffers, generators and ``.grad`` are put back.
         """
         self._rng_before = RNGSnapshot()
         before = _grad_fingerprint(self.params)
-        guard = self.first_guard = BufferGuard()
+        rec = _Recorder(self.params, skip=not with_grad)
+        if not with_grad:
+            for p in self.params:
+                p.grad = None
         try:
-            with torch.set_grad_enabled(with_grad), guard.watch():
-                try:
+            with self.buffers.first_eval():
+                with torch.set_grad_enabled(with_grad), _recording(rec):
                     loss = self.closure()
-                except RuntimeError as exc:
-                    if not with_grad and "does not require grad" in str(exc):
-                        raise ClosureError(
-                            "The closure called backward() (this evaluation runs under "
-                            "torch.no_grad()). Remove that call from the closure.\n" + CLOSURE_CONTRACT
-                        ) from exc
-                    raise
             loss = _check_loss(loss, "at the start point")
-            if not _same_grads(_grad_fingerprint(self.params), before):
-                raise ClosureError(
-                    "The closure changed the parameters' .grad (it called backward() or "
-                    "zero_grad()). Remove those calls from the closure.\n" + CLOSURE_CONTRACT
-                )
-            if with_grad and not loss.requires_grad:
+            if with_grad:
+                changed = any(p.grad is not None and p.grad is not g for p, (g, _) in
+                              zip(self.params, before))
+                self.torch_style = rec.calls > 0 or changed
+            else:
+                self.torch_style = rec.calls > 0
+                for p, (g, _) in zip(self.params, before):
+                    p.grad = g
+            if with_grad and not self.torch_style and not loss.requires_grad:
                 raise ClosureError(
                     "The loss returned by the closure does not require grad (it was computed under "
-                    "torch.no_grad(), detached, or no parameter takes part in it). Compute it from "
-                    "the model's output without .detach() or .item().\n" + CLOSURE_CONTRACT
+                    "torch.no_grad(), detached, or no parameter takes part in it), and the closure "
+                    "did not call backward() itself. Compute it from the model's output without "
+                    ".detach() or .item().\n" + CLOSURE_CONTRACT
                 )
             self.forwards += 1
+            self.backwards += rec.calls if with_grad else 0
             self.device = loss.device
             self.loss_eps = torch.finfo(loss.dtype).eps if loss.is_floating_point() else 0.0
             self.loss0 = self.reducer.mean([loss.detach().item()], loss.device)[0]
@@ -239,39 +493,49 @@ class ClosureEvaluator:
                     "Check the data and the model for NaN/inf, or lower the initial step size `lr`."
                 )
         except BaseException:
-            guard.restore()
+            self.buffers.restore()
             self._rng_before.restore()
+            for i, (p, (g, v)) in enumerate(zip(self.params, before)):
+                p.grad = g
+                if rec.pre is not None and rec.pre[i] is not None and g is not None:
+                    with torch.no_grad():
+                        g.copy_(rec.pre[i])
             raise
+        if self.torch_style and rec.diff is not None:
+            self.slope_grads = rec.diff
         return loss
 
     def _after_start(self) -> None:
         self._rng_after = RNGSnapshot()
         self._grads = [p.grad for p in self.params]
-        self._gv = [None if g is None else g._version for g in self._grads]
+        self.buffers.save()  # the first evaluation's buffer updates are kept; trials' are not
 
     def first(self) -> torch.Tensor:
-        """Evaluate the closure with grad enabled, check the contract, and back-propagate.
+        """Evaluate the closure with grad enabled; back-propagate unless the closure did.
 
-        Old gradients are cleared (set to ``None``) before ``backward()``.  If the loss is not
-        finite, buffers and generators are restored, the gradients are left untouched, and
+        With a loss-only closure the old gradients are cleared (set to ``None``) before the
+        optimizer's ``backward()``; a torch-style closure's gradients are used as it left them.  If
+        the loss is not finite, buffers, generators and gradients are restored and
         :class:`NonFiniteLossError` is raised: the step changes nothing.
         """
         loss = self._start(with_grad=True)
-        for p in self.params:
-            p.grad = None
-        loss.backward()
-        self.backwards += 1
+        if not self.torch_style:
+            for p in self.params:
+                p.grad = None
+            target = loss if self.grad_scaler is None else self.grad_scaler.scale(loss)
+            target.backward()
+            self.backwards += 1
         self._after_start()
         return loss.detach()
 
     def measure(self) -> torch.Tensor:
-        """First evaluation of a step that only measures: like :meth:`first` without the backward.
+        """First evaluation of a step that only measures: like :meth:`first` without a backward.
 
         The closure runs under ``torch.no_grad()`` at the current parameters (its buffer updates are
-        kept, as a first evaluation's are), gradients are left as they are, the contract is checked
-        (a ``backward()``/``zero_grad()`` inside the closure is refused), and the generator state is
-        snapshotted so :meth:`trial` replays the same random numbers.  A non-finite loss restores
-        buffers and generators and raises :class:`NonFiniteLossError`.  Used by LABPAL's
+        kept, as a first evaluation's are) with the ``.grad`` fields set aside and a ``backward()``
+        of its own skipped, so gradients stay as they are with either convention.  The generator
+        state is snapshotted so :meth:`trial` replays the same random numbers.  A non-finite loss
+        restores buffers and generators and raises :class:`NonFiniteLossError`.  Used by LABPAL's
         approximation phase.
         """
         loss = self._start(with_grad=False)
@@ -279,8 +543,8 @@ class ClosureEvaluator:
         return loss.detach()
 
     def modules_seen(self) -> list:
-        """Modules that ran during the first evaluation, in order (for per-module grouping)."""
-        return self.first_guard.modules() if self.first_guard is not None else []
+        """Modules of the optimized models, those that ran first in that order (per-module grouping)."""
+        return self.buffers.modules()
 
     def reduce(self, values: Sequence[float]) -> list[float]:
         """Average floats over ranks (identity when not distributed)."""
@@ -290,32 +554,30 @@ class ClosureEvaluator:
     def trial(self) -> float:
         """Evaluate the closure under ``torch.no_grad()`` at the current parameters.
 
-        Replays the generator state of the first evaluation, restores module buffers afterwards, and
-        returns the rank-averaged loss as a float (``inf`` stands for NaN so comparisons reject it).
+        Replays the generator state of the first evaluation, restores the models' buffers afterwards,
+        and returns the rank-averaged loss as a float (``inf`` stands for NaN so comparisons reject
+        it).  The closure runs with the ``.grad`` fields set aside (a ``zero_grad()`` in it cannot
+        touch them) and a ``backward()`` of its own is skipped.
         """
         assert self._rng_before is not None, "first() must run before trial()"
         self._rng_before.restore()
+        rec = _Recorder(self.params, skip=True)
+        for p in self.params:  # out of reach of a zero_grad() in the closure
+            p.grad = None
         try:
-            with torch.no_grad(), self._guard.watch():
+            with torch.no_grad(), _recording(rec):
                 out = self.closure()
         finally:
-            self._guard.restore()
+            for p, g in zip(self.params, self._grads):
+                p.grad = g
+            self.buffers.restore()
         out = _check_loss(out, "at a trial point")
-        if any(p.grad is not g for p, g in zip(self.params, self._grads)) or any(
-            g is not None and g._version != v for g, v in zip(self._grads, self._gv)
-        ):
-            raise ClosureError(
-                "The closure changed the parameters' .grad during a trial evaluation (it called "
-                "zero_grad() or backward()). Remove those calls from the closure.\n"
-                + CLOSURE_CONTRACT
-            )
         self.forwards += 1
         value = self.reducer.mean([out.detach().item()], self.device)[0]
         return value if math.isfinite(value) else math.inf
 
     def refresh_grad_versions(self) -> None:
-        """Call after the optimizer itself modified ``.grad`` in place (rare)."""
-        self._gv = [None if g is None else g._version for g in self._grads]
+        """Kept for callers of the older API (trials no longer check ``.grad`` versions)."""
 
     def finish(self) -> None:
         """Leave the generators where the first evaluation left them."""

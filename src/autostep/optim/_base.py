@@ -28,6 +28,7 @@ from .._closure import ClosureEvaluator
 from .._line import Line, axpy_
 from . import _functional as F
 from . import _validate as V
+from ._adam import dots
 from ._common import AutostepOptimizer
 
 __all__ = ["ArmijoOptimizer", "Plan", "Segment"]
@@ -62,6 +63,24 @@ class Plan:
     final: Optional[list] = None  # Direction per segment for the applied update (None: the tested point)
     final_scale: Optional[Callable[[int, float], Any]] = None  # (segment index, eta) -> scale(s)
     zero: list = field(default_factory=list)  # per segment: the search direction is exactly zero
+
+
+def _slopes(ev: ClosureEvaluator, segs: list, dirs: list) -> list[float]:
+    """``<g_f, d>`` per segment, ``g_f`` the gradient of the loss the closure returns.
+
+    Differs from the plan's ``<g, d>`` when a torch-style closure added its gradient to gradients
+    accumulated before the step: the direction uses the accumulated gradient, the Armijo test the
+    slope of the loss it evaluates.
+    """
+    by_id = {id(p): g for p, g in zip(ev.params, ev.slope_grads)}
+    out = []
+    for sg, d in zip(segs, dirs):
+        num, den = d if isinstance(d, tuple) else (d, None)
+        keep = [i for i, p in enumerate(sg.params) if by_id.get(id(p)) is not None]
+        gs = [by_id[id(sg.params[i])] for i in keep]
+        total = dots(gs, [num[i] for i in keep], None if den is None else [den[i] for i in keep])
+        out.append(float(total))
+    return out
 
 
 class ArmijoOptimizer(AutostepOptimizer):
@@ -216,7 +235,7 @@ class ArmijoOptimizer(AutostepOptimizer):
         """
         if self._init_call(closure):
             return None
-        ev = ClosureEvaluator(closure, self._all_params(), self.reducer)
+        ev = self._evaluator(closure)
         loss = ev.first()
         ls = self._ls
         ls["step"] += 1
@@ -237,6 +256,8 @@ class ArmijoOptimizer(AutostepOptimizer):
             )
             # a step that reuses the step size needs no decrease terms (no search, no EMA update)
             plan = self._plan(segs, need_s=not reuse)
+            if plan.s and ev.slope_grads is not None:
+                plan.s = _slopes(ev, segs, plan.search)
             s = ev.reduce(plan.s) if plan.s else []
             zero = plan.zero or [si == 0.0 for si in s]
             if not any(sg.params for sg in segs):

@@ -29,6 +29,7 @@ import copy
 import torch
 from torch.optim import Optimizer
 
+from .._closure import ClosureEvaluator, model_buffers
 from ..distributed import Reducer, local
 
 __all__ = ["AutostepOptimizer", "STATE_KEY"]
@@ -82,7 +83,8 @@ class AutostepOptimizer(Optimizer):
 
     # ------------------------------------------------------------------ state
     def __getstate__(self) -> dict:
-        state = super().__getstate__()
+        state = dict(super().__getstate__())
+        state.pop("_autostep_model_buffers", None)  # weak references to the model, found again
         state["last_step"] = self.last_step
         return state
 
@@ -158,6 +160,14 @@ class AutostepOptimizer(Optimizer):
 
     def _params_with_grad(self, group: dict) -> list:
         return [p for p in group["params"] if p.grad is not None]
+
+    # ------------------------------------------------------------------ closures
+    def _evaluator(self, closure, grad_scaler=None):
+        """A :class:`~autostep._closure.ClosureEvaluator` for one step, with the model buffers
+        found once per optimizer."""
+        params = self._all_params()
+        return ClosureEvaluator(closure, params, self.reducer,
+                                buffers=model_buffers(self, params), grad_scaler=grad_scaler)
 
     # ------------------------------------------------------------------ read-outs
     def _all_params(self) -> list:

@@ -274,7 +274,7 @@ class LABPAL(_LineOptimizer):
         if self._init_call(closure):
             return None
         ls = self._ls
-        ev = ClosureEvaluator(closure, self._all_params(), self.reducer)
+        ev = self._evaluator(closure)
         if ls["phase"] == "approx":
             start = ls["pos"] == 0
             k = self.batch_multiplier() if start else ls["k"]

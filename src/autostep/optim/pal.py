@@ -132,7 +132,7 @@ class PAL(_LineOptimizer):
         """
         if self._init_call(closure):
             return None
-        ev = ClosureEvaluator(closure, self._all_params(), self.reducer)
+        ev = self._evaluator(closure)
         loss = ev.first()
         first = self.param_groups[0]
         mu, alpha, s_max = first["measuring_step"], first["alpha"], first["max_step"]
@@ -158,7 +158,12 @@ class PAL(_LineOptimizer):
             if not params or not any(params) or not (norm > 0 and math.isfinite(norm)):
                 s_upd, case, a, slope, f_mu = 0.0, "zero direction", math.nan, 0.0, math.nan
             else:
-                slope = -float(sum(float(dots(gs, d)) for gs, d in zip(grads, dirs))) / norm
+                sgrads = grads
+                if ev.slope_grads is not None:  # torch-style closure adding to accumulated grads
+                    by_id = {id(p): g for p, g in zip(ev.params, ev.slope_grads)}
+                    sgrads = [[by_id.get(id(p)) if by_id.get(id(p)) is not None else torch.zeros_like(p)
+                               for p in ps] for ps in params]
+                slope = -float(sum(float(dots(gs, d)) for gs, d in zip(sgrads, dirs))) / norm
                 line = Line(params, dirs)
                 line.move([mu / norm] * len(params))
                 f_mu = ev.trial()
