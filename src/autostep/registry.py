@@ -9,12 +9,17 @@ Kinds
     ``closure``   a ``torch.optim.Optimizer`` whose ``step(closure)`` does its own backward
                   (every autostep line search).
     ``torch``     an ordinary optimizer driven by ``zero_grad(); loss.backward(); step()``
-                  (torch baselines and most peers), optionally with a warm-up + cosine schedule.
+                  (torch baselines and most peers), optionally with a warm-up + cosine or
+                  warm-up + linear-decay schedule (``schedule``) that scales the built rates.
     ``wrapper``   built around a torch optimizer with the model, loss and data (AutoLR).
     ``selector``  chooses a learning rate before training, then trains a torch optimizer
                   (``find_lr`` + Adam cosine, torch-lr-finder + Adam); the benchmark counts the
                   selection's training steps in the method's budget.
-    ``tuned``     a torch optimizer with warm-up + cosine whose peak rate is tuned on a grid.
+    ``tuned``     a torch optimizer with a warm-up + decay schedule whose peak rate is tuned on a grid.
+
+Options the benchmark runner reads: ``warmup`` (schedule warm-up fraction), ``closure_style``,
+``step_with_loss`` (``step(loss=...)`` after ``backward``, as MoMo takes it), ``probe_data``,
+``selector``.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ class MethodSpec:
     needs_closure: bool = False
     requires: tuple = ()  # importable modules the method needs
     extra: Optional[str] = None  # pip extra that provides them
-    schedule: Optional[str] = None  # "cosine": warm-up + cosine schedule driven by the runner
+    schedule: Optional[str] = None  # "cosine" / "linear": warm-up + cosine / linear-to-zero decay,
+    #                                 driven by the runner (options["warmup"]: fraction, default 0.05)
     grid: tuple = ()  # peak learning rates to tune on (kind "tuned")
     train_eval_modes: bool = False  # optimizer has .train()/.eval() (Schedule-Free)
     options: dict = field(default_factory=dict)
@@ -205,6 +211,9 @@ register_method(MethodSpec("Adam", "torch", _torch(torch.optim.Adam, lr=1e-3), "
 register_method(MethodSpec("Adam-cosine-tuned", "tuned", _torch(torch.optim.Adam), "baseline",
                            "Adam, warm-up + cosine, peak LR tuned on a 7-point half-decade grid",
                            schedule="cosine", grid=HALF_DECADES_ADAM))
+register_method(MethodSpec("Adam-linear-tuned", "tuned", _torch(torch.optim.Adam), "baseline",
+                           "Adam, warm-up + linear decay to zero, peak LR tuned on the same 7-point grid",
+                           schedule="linear", grid=HALF_DECADES_ADAM))
 register_method(MethodSpec("SGDm-cosine-tuned", "tuned", _torch(torch.optim.SGD, momentum=0.9),
                            "baseline", "SGD momentum 0.9, warm-up + cosine, tuned peak LR",
                            schedule="cosine", grid=HALF_DECADES_SGD))
@@ -227,3 +236,39 @@ register_method(MethodSpec("torch-lr-finder+Adam-cosine", "selector", _torch(tor
                            "torch-lr-finder range test (steepest slope), then Adam warm-up + cosine",
                            schedule="cosine", requires=("torch_lr_finder",), extra="peers",
                            options={"selector": "torch_lr_finder"}))
+
+
+# fair peers (issue 9): each as its authors recommend using it
+def _warmup_steps(fraction: float, context: dict) -> int:
+    """``fraction`` of the run's ``total_steps`` (at least one step)."""
+    return max(1, int(fraction * (context.get("total_steps") or 0)))
+
+
+def _prodigy_cosine(params, context, **kw):
+    from prodigyopt import Prodigy
+    # the README: lr=1, cosine annealing over the run; with a linear warm-up, safeguard_warmup=True
+    return Prodigy(params, **{"lr": 1.0, "safeguard_warmup": True, **kw})
+
+
+def _sf_algoperf(params, context, **kw):
+    from schedulefree import AdamWScheduleFree
+    # AlgoPerf self-tuning submission: lr 2.5e-3, beta2 0.9955, weight decay 0.08, 2% warm-up
+    args = {"lr": 2.5e-3, "betas": (0.9, 0.9955), "weight_decay": 0.08,
+            "warmup_steps": _warmup_steps(0.02, context)}
+    return AdamWScheduleFree(params, **{**args, **kw})
+
+
+register_method(MethodSpec("Prodigy-cosine", "torch", _prodigy_cosine, "peer",
+                           "Prodigy (lr=1, safeguard_warmup) with 5% warm-up + cosine, as its README",
+                           requires=("prodigyopt",), extra="peers", schedule="cosine"))
+register_method(MethodSpec("ScheduleFree-AdamW-AlgoPerf", "torch", _sf_algoperf, "peer",
+                           "Schedule-Free AdamW, AlgoPerf self-tuning settings (lr 2.5e-3, beta2 0.9955, "
+                           "wd 0.08, 2% warm-up)", requires=("schedulefree",), extra="peers",
+                           train_eval_modes=True))
+register_method(MethodSpec("MoMo-Adam", "torch", _peer("momo", "MomoAdam"), "peer",
+                           "MoMo-Adam (momo-opt, lr=1e-2 as its README, loss lower bound 0)",
+                           requires=("momo",), extra="peers", options={"step_with_loss": True}))
+register_method(MethodSpec("ProdigyPlusScheduleFree", "torch",
+                           _peer("prodigyplus", "ProdigyPlusScheduleFree", lr=1.0), "peer",
+                           "prodigy-plus-schedule-free at its defaults (lr=1)",
+                           requires=("prodigyplus",), extra="peers", train_eval_modes=True))

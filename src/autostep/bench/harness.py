@@ -15,14 +15,32 @@ from .. import registry
 from .problems import PROBLEMS, SUITES, DataMissing, build_problem
 from .runner import RunConfig, load_run, run_one, save_run
 
-__all__ = ["run_bench", "TUNING_SEED", "default_methods"]
+__all__ = ["run_bench", "TUNING_SEED", "default_methods", "LONG_SUITE_METHODS", "OVERHEAD_PLAN"]
 
 #: seed of the tuning runs (never one of the evaluation seeds)
 TUNING_SEED = 1000
 
+#: the ``long`` suite's default methods (besides ``Autostep`` and every ``Autostep-*`` design): the
+#: tuned baselines, the fair peers and the best of each autostep family, so it fits in an hour on 2 cores
+LONG_SUITE_METHODS = ("Adam", "Adam-cosine-tuned", "Adam-linear-tuned", "Prodigy-cosine",
+                      "ScheduleFree-AdamW-AlgoPerf", "MoMo-Adam", "ProdigyPlusScheduleFree",
+                      "find_lr+Adam-cosine", "AutoLR+Adam", "ALSALS-smooth")
 
-def default_methods() -> list[str]:
-    """Every registered method (unavailable peers are reported and skipped at run time)."""
+#: suite -> (problem preference, rounds, steps per round) of the controlled overhead measurement
+OVERHEAD_PLAN = {
+    "tiny": (("quadratic", "digits_mlp"), 2, 3),
+    "quick": (("digits_mlp", "quadratic"), 6, 20),
+    "standard": (("fmnist_mlp", "digits_mlp"), 6, 20),
+    "long": (("fmnist_mlp",), 6, 20),
+}
+
+
+def default_methods(suite: str = "quick") -> list[str]:
+    """Every registered method (unavailable peers are reported and skipped at run time); for the
+    ``long`` suite, ``Autostep``, its designs and :data:`LONG_SUITE_METHODS`."""
+    if suite == "long":
+        autostep = [m for m in registry.REGISTRY if m == "Autostep" or m.startswith("Autostep-")]
+        return autostep + [m for m in LONG_SUITE_METHODS if m in registry.REGISTRY]
     return list(registry.REGISTRY)
 
 
@@ -97,11 +115,13 @@ def run_bench(suite: str = "quick", out_dir: str = "bench-out", methods: Optiona
               problems: Optional[Sequence[str]] = None, seeds: Sequence[int] = (0, 1, 2),
               workers: int = 2, data_dir: Optional[str] = None, steps: Optional[int] = None,
               progress: bool = True, report: bool = True, log: Callable = print,
-              device: str = "cpu") -> dict:
+              device: str = "cpu", overhead_check: bool = True) -> dict:
     """Run a suite and write ``out_dir/results.json`` and (``report=True``) the report and plots.
 
     Finished runs found in ``out_dir/runs`` are reused (resume).  ``device="cuda"`` trains on the
-    GPU (times are then synchronised wall-clock seconds).  Returns the results dict.
+    GPU (times are then synchronised wall-clock seconds).  ``overhead_check`` adds the controlled
+    overhead measurement (:mod:`autostep.bench.overhead`: every method stepped in turn in this
+    process, on one problem of the suite), the CPU-time figure to quote.  Returns the results dict.
     """
     if str(device).startswith("cuda"):
         import torch
@@ -122,7 +142,7 @@ def run_bench(suite: str = "quick", out_dir: str = "bench-out", methods: Optiona
         if steps < 2:
             raise ValueError(f"steps must be >= 2, got {steps}")
         plan = {p: steps for p in plan}
-    methods = list(methods or default_methods())
+    methods = list(methods or default_methods(suite))
     unknown = [m for m in methods if m not in registry.REGISTRY]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; see autostep.list_methods()")
@@ -173,6 +193,9 @@ def run_bench(suite: str = "quick", out_dir: str = "bench-out", methods: Optiona
         eval_runs = _execute(eval_cfgs, out_dir, workers, bar)
     finally:
         bar.close()
+    overhead = None
+    if overhead_check:
+        overhead = _overhead(suite, plan, methods, chosen, out_dir, data_dir, device, notes, log)
     results = {
         "suite": suite,
         "device": device,
@@ -185,6 +208,7 @@ def run_bench(suite: str = "quick", out_dir: str = "bench-out", methods: Optiona
         "wall_s": time.time() - t0,
         "runs": [r for r in eval_runs],
         "tuning_runs": [r for r in tune_runs],
+        "overhead": overhead,
     }
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(results, f)
@@ -193,3 +217,22 @@ def run_bench(suite: str = "quick", out_dir: str = "bench-out", methods: Optiona
         path = write_report(results, out_dir)
         log(f"report: {path}")
     return results
+
+
+def _overhead(suite, plan, methods, chosen, out_dir, data_dir, device, notes, log) -> Optional[dict]:
+    """The controlled overhead table on the suite's overhead problem (None when none applies)."""
+    if device != "cpu":
+        notes.append("controlled overhead measurement skipped: it runs on the CPU suites only")
+        return None
+    prefs, blocks, block = OVERHEAD_PLAN.get(suite, (tuple(plan), 6, 20))
+    problem = next((p for p in prefs if p in plan), next(iter(plan), None))
+    if problem is None:
+        return None
+    lrs = {m: lr for (p, m), lr in chosen.items() if p == problem and lr is not None}
+    from .overhead import load_or_measure
+    try:
+        return load_or_measure(out_dir, problem, methods, blocks=blocks, block=block, seed=0,
+                               data_dir=data_dir, lrs=lrs)
+    except Exception as exc:  # the runs are done; a failed measurement must not lose them
+        notes.append(f"controlled overhead measurement failed: {type(exc).__name__}: {exc}")
+        return None

@@ -423,6 +423,7 @@ SUITES: dict[str, dict[str, int]] = {
     "quick": {"quadratic": 800, "matfac": 800, "digits_mlp": 1000},
     "standard": {"quadratic": 500, "matfac": 500, "matfac_k4": 500, "digits_mlp": 600,
                  "fmnist_logreg": 500, "fmnist_mlp": 800, "fmnist_cnn": 300, "char_gpt": 200},
+    "long": {"fmnist_mlp": 5000, "fmnist_cnn": 3000, "char_gpt": 2000},
     "gpu": {"resnet20_fmnist": 3000, "char_gpt_large": 2000},
     "tiny": {"quadratic": 12, "digits_mlp": 12},
 }

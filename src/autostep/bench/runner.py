@@ -1,7 +1,7 @@
 """One benchmark run (method × problem × seed) and the metrics computed from it.
 
 A run trains for exactly ``steps`` optimizer steps (selectors spend part of that budget on their
-search), on one torch thread, and returns a JSON-able dict:
+search, at most 10%: :data:`SEARCH_FRACTION`), on one torch thread, and returns a JSON-able dict:
 
 * ``train_loss`` -- final loss on the whole training set (a suboptimality where the optimum is known),
   ``val_loss``, ``test_metric``;
@@ -9,8 +9,10 @@ search), on one torch thread, and returns a JSON-able dict:
   optimum is known exactly, over the exact suboptimality at 50 checkpoints; after a divergence every
   remaining term is charged ``log(l_0 − l*)`` (no progress from the start);
 * ``curve`` -- up to 200 points of (step, EMA of the training loss, step size, CPU seconds);
-* ``cpu_per_step`` (seconds), ``forwards_per_step``, ``backwards_per_step``, ``state_bytes`` (tensors in
-  the optimizer state) and ``param_bytes``, ``diverged`` (and at which step), ``search_steps``.
+* ``cpu_per_step`` (seconds; timed after a discarded warm-up run of the same method and problem in
+  the same process, so one-time start-up is never charged), ``forwards_per_step``,
+  ``backwards_per_step``, ``state_bytes`` (tensors in the optimizer state) and ``param_bytes``,
+  ``diverged`` (and at which step), ``search_steps`` and ``search_note`` (how a search was shrunk).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import torch
 from .. import registry
 from .problems import DataMissing, Task, build_problem
 
-__all__ = ["RunConfig", "run_one", "mean_log_loss_charged", "cosine_factor", "run_path", "load_run"]
+__all__ = ["RunConfig", "run_one", "mean_log_loss_charged", "cosine_factor", "schedule_factor", "run_path",
+           "load_run", "Stepper", "search_budget", "SEARCH_FRACTION"]
 
 EXPLODE = 1e3  # a loss above EXPLODE * max(l_0, 1) counts as divergence
 CURVE_POINTS = 200
@@ -138,26 +141,82 @@ def _counter(opt, attr: str, key: str):
     return value
 
 
-def _current_lr(opt, inner) -> float:
-    """The step size in use: group["lr"], or the published SaLSa's own attribute."""
-    lr = inner.param_groups[0].get("lr")
-    if lr is None:
-        lr = getattr(opt, "step_size", math.nan)
-    return float(lr)
+#: a selector's search may spend at most this fraction of a run's step budget (issue 9's protocol)
+SEARCH_FRACTION = 0.10
+#: steps of the discarded warm-up run each worker trains once per (problem, method) before timing
+WARMUP_STEPS = 20
+_WARMED: set = set()
 
 
-def _select_lr(spec, task: Task, cfg: RunConfig) -> tuple[float, int]:
-    """Run a selector's LR search; returns (lr, training steps it spent)."""
+def search_budget(steps: int) -> int:
+    """Training steps a selector may spend on its search within a run of ``steps`` steps."""
+    return int(math.floor(SEARCH_FRACTION * steps))
+
+
+def _grid_size(lo: float, hi: float) -> int:
+    """Points of find_lr's initial half-decade grid over [lo, hi]."""
+    span = math.log10(hi) - math.log10(lo)
+    n = int(math.floor(span / 0.5 + 1e-9)) + 1
+    return n + (1 if span - 0.5 * (n - 1) > 1e-9 else 0)
+
+
+#: find_lr search plans, from the paper's (20 steps per trial) down to a bare grid; each bounds its
+#: trials by grid points + 10 per refinement round (2 extensions + 2 neighbours of 4 picks)
+_FIND_LR_PLANS = (((1e-5, 1.0), 10), ((1e-5, 1.0), 2), ((1e-5, 1.0), 1), ((1e-5, 1.0), 0),
+                  ((1e-4, 1e-1), 0))
+
+
+def _find_lr_plan(budget: int) -> Optional[dict]:
+    """The richest find_lr plan whose worst case fits in ``budget`` training steps (None: none)."""
+    for lr_range, rounds in _FIND_LR_PLANS:
+        bound = _grid_size(*lr_range) + 10 * rounds
+        per_trial = min(20, budget // bound)
+        if per_trial >= 2 or (per_trial >= 1 and lr_range == _FIND_LR_PLANS[-1][0]):
+            return {"lr_range": lr_range, "max_rounds": rounds, "max_extend": 0 if rounds < 10 else 6,
+                    "steps": per_trial, "bound": bound * per_trial}
+    return None
+
+
+def _select_lr(spec, task: Task, cfg: RunConfig) -> tuple[float, int, str]:
+    """Run a selector's LR search within :data:`SEARCH_FRACTION` of the run's budget.
+
+    Returns ``(lr, training steps spent, note)``; the note says how the search was shrunk to fit,
+    or is empty when the method's usual search fits.  A budget too small for any search falls back
+    to Adam's 1e-3 and says so."""
     kind = spec.options.get("selector")
     model = task.model
+    budget = search_budget(cfg.steps)
     if kind == "find_lr":
+        import inspect
+
         from ..finder import find_lr
 
+        sig = inspect.signature(find_lr).parameters
+        make = lambda p, lr: torch.optim.Adam(p, lr=lr)  # noqa: E731
         train = task.probe_batches(20, cfg.seed)
         val = task.probe_batches(4, cfg.seed + 1)
-        res = find_lr(model, lambda p, lr: torch.optim.Adam(p, lr=lr), task.loss_fn, train, val,
-                      steps=20, progress=False)
-        return float(res.lr), int(res.steps_spent)
+        kw = {"progress": False}
+        if "schedule" in sig and "total_steps" in sig:  # the schedule-aware finder (issue 9)
+            kw.update(schedule="cosine", total_steps=cfg.steps)
+        if "budget" in sig:  # the finder shrinks its own search
+            res = find_lr(model, make, task.loss_fn, train, val, budget=budget, **kw)
+            spent = int(res.steps_spent)
+            note = f"search capped by find_lr(budget={budget}): {spent} steps"
+            return float(res.lr), spent, note
+        plan = _find_lr_plan(budget)
+        if plan is None:
+            return 1e-3, 0, (f"no search fits in {budget} steps (10% of {cfg.steps}); "
+                             f"trained at Adam's 1e-3")
+        full = plan["steps"] == 20 and plan["max_rounds"] == 10
+        res = find_lr(model, make, task.loss_fn, train, val, steps=plan["steps"],
+                      lr_range=plan["lr_range"], max_rounds=plan["max_rounds"],
+                      max_extend=plan["max_extend"], **kw)
+        spent = int(res.steps_spent)
+        note = "" if full else (
+            f"search shrunk to fit {budget} steps (10% of {cfg.steps}): {plan['steps']} steps per trial, "
+            f"range {plan['lr_range'][0]:g}-{plan['lr_range'][1]:g}, {plan['max_rounds']} refinement "
+            f"rounds; spent {spent}")
+        return float(res.lr), spent, note
     if kind == "torch_lr_finder":
         from torch_lr_finder import LRFinder
 
@@ -169,18 +228,23 @@ def _select_lr(spec, task: Task, cfg: RunConfig) -> tuple[float, int]:
             def forward(self, batch):
                 return task.loss_fn(self.inner, batch)
 
-        num_iter = 100
+        num_iter = min(100, budget)
+        if num_iter < 5:
+            return 1e-3, 0, (f"no range test fits in {budget} steps (10% of {cfg.steps}); "
+                             f"trained at Adam's 1e-3")
+        note = "" if num_iter == 100 else (
+            f"range test shrunk to {num_iter} iterations to fit 10% of {cfg.steps} steps")
         data = [(b, torch.zeros(1)) for b in task.probe_batches(num_iter, cfg.seed)]
         wrapper = _LossModule()
         opt = torch.optim.Adam(model.parameters(), lr=1e-7)
-        finder = LRFinder(wrapper, opt, lambda out, _y: out, device="cpu")
+        finder = LRFinder(wrapper, opt, lambda out, _y: out, device=str(task.device))
         loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False)
         with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
             finder.range_test(loader, end_lr=10, num_iter=num_iter)
         lrs, losses = finder.history["lr"], finder.history["loss"]
         finder.reset()
-        best = _steepest(lrs, losses)
-        return best, num_iter
+        best = _steepest(lrs, losses, skip_start=max(1, num_iter // 10), skip_end=max(1, num_iter // 20))
+        return best, num_iter, note
     raise ValueError(f"unknown selector {kind!r}")
 
 
@@ -195,74 +259,72 @@ def _steepest(lrs, losses, skip_start: int = 10, skip_end: int = 5) -> float:
     return float(xs[i + 1])
 
 
-def run_one(cfg: RunConfig) -> dict:
-    """Train one (problem, method, seed); never raises for a failing method (the error is recorded)."""
-    torch.set_num_threads(1)
-    base = {"config": asdict(cfg), "problem": cfg.problem, "method": cfg.method, "seed": cfg.seed,
-            "role": cfg.role, "lr": cfg.lr}
-    try:
-        task = build_problem(cfg.problem, cfg.seed, cfg.data_dir, cfg.device)
-    except DataMissing as exc:
-        return {**base, "status": "skipped", "reason": str(exc)}
-    spec = registry.get(cfg.method)
-    reason = spec.missing_reason()
-    if reason:
-        return {**base, "status": "skipped", "reason": reason}
-    try:
-        return {**base, "status": "ok", **_train(task, spec, cfg)}
-    except Exception as exc:  # a method that crashes is a result, not a crashed benchmark
-        return {**base, "status": "error", "reason": f"{type(exc).__name__}: {exc}",
-                "traceback": traceback.format_exc(limit=5)}
+def schedule_factor(schedule: Optional[str], step: int, total: int, warmup: int) -> float:
+    """Multiplier of the peak rate: ``"cosine"`` (warm-up + cosine), ``"linear"`` (warm-up + linear
+    decay to zero at ``total``) or ``None`` (1)."""
+    if schedule is None:
+        return 1.0
+    if schedule == "cosine":
+        return cosine_factor(step, total, warmup)
+    if schedule == "linear":
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))
+    raise ValueError(f"unknown schedule {schedule!r}; use 'cosine', 'linear' or None")
 
 
-def _train(task: Task, spec, cfg: RunConfig) -> dict:
-    model, loss_fn = task.model, task.loss_fn
-    params = list(model.parameters())
-    steps = cfg.steps
-    context = {"total_steps": steps, "dataset_size": task.dataset_size, "batch_size": task.batch_size,
-               "model": model, "loss_fn": loss_fn}
-    if spec.options.get("probe_data"):  # methods that evaluate losses beyond the training batch
-        context["probe_data"] = task.probe_batches(int(spec.options["probe_data"]), cfg.seed)
-    # CPU time on the CPU (robust to other load); on a GPU, wall time with synchronisation
-    cuda = task.device.type == "cuda"
-    clock = time.perf_counter if cuda else time.process_time
+def warmup_steps(spec, train_steps: int) -> int:
+    """Warm-up length of a scheduled method: ``options['warmup']`` of the run (default 5%)."""
+    if spec.schedule is None:
+        return 0
+    return max(1, int(spec.options.get("warmup", 0.05) * train_steps))
 
-    def now() -> float:
-        if cuda:
-            torch.cuda.synchronize(task.device)
-        return clock()
 
-    cpu0 = now()
-    search_steps, peak_lr = 0, cfg.lr
-    if spec.kind == "selector":
-        peak_lr, search_steps = _select_lr(spec, task, cfg)
-    train_steps = max(0, steps - search_steps)
-    if spec.kind == "wrapper":
-        context.update(model=model, loss_fn=loss_fn, probe_data=task.probe_batches(100, cfg.seed),
-                       autolr_defaults={"total_steps": train_steps})
-        opt = spec.build(params, context)
-    elif spec.kind in ("tuned", "selector"):
-        opt = spec.build(params, context, lr=peak_lr)
-    else:
-        opt = spec.build(params, context)
-    inner = getattr(opt, "optimizer", opt)
-    if spec.train_eval_modes:
-        opt.train()
-    warmup = max(1, train_steps // 20) if spec.schedule == "cosine" else 0
-    closure_style = spec.options.get("closure_style")
+class Stepper:
+    """One method built on one task and stepped one batch at a time, as the benchmark drives it.
 
-    losses, gaps, diverged_at = [], [], None
-    ema, curve_every = None, max(1, train_steps // CURVE_POINTS)
-    check_every = max(1, train_steps // CHECKPOINTS)
-    curve, l0 = [], None
-    for t, batch in enumerate(task.batches(train_steps, cfg.seed)):
-        if spec.schedule == "cosine":
-            for g in inner.param_groups:
-                g["lr"] = peak_lr * cosine_factor(t, train_steps, warmup)
+    Shared by :func:`run_one` (a whole run) and :mod:`autostep.bench.overhead` (every method stepped
+    in turn in one process), so both time exactly the same work.  ``peak_lr`` is the tuned or
+    selected rate (kinds tuned/selector); scheduled methods of other kinds scale the rates they were
+    built with.  ``train_steps`` is the schedule's length.
+    """
+
+    def __init__(self, task: Task, spec, seed: int, train_steps: int, peak_lr: Optional[float] = None,
+                 total_steps: Optional[int] = None):
+        self.task, self.spec = task, spec
+        model, loss_fn = task.model, task.loss_fn
+        self.params = list(model.parameters())
+        context = {"total_steps": total_steps or train_steps, "dataset_size": task.dataset_size,
+                   "batch_size": task.batch_size, "model": model, "loss_fn": loss_fn}
+        if spec.options.get("probe_data"):  # methods that evaluate losses beyond the training batch
+            context["probe_data"] = task.probe_batches(int(spec.options["probe_data"]), seed)
+        if spec.kind == "wrapper":
+            context.update(probe_data=task.probe_batches(100, seed),
+                           autolr_defaults={"total_steps": train_steps})
+            opt = spec.build(self.params, context)
+        elif spec.kind in ("tuned", "selector"):
+            opt = spec.build(self.params, context, lr=peak_lr)
+        else:
+            opt = spec.build(self.params, context)
+        self.opt = opt
+        self.inner = getattr(opt, "optimizer", opt)
+        self.base_lrs = [g["lr"] for g in self.inner.param_groups]
+        self.train_steps = train_steps
+        self.warmup = warmup_steps(spec, train_steps)
+        if spec.train_eval_modes:
+            opt.train()
+
+    def step(self, t: int, batch) -> float:
+        """Step ``t`` of the run on ``batch``; returns the batch loss (NaN for a non-finite start)."""
+        spec, opt, model, loss_fn = self.spec, self.opt, self.task.model, self.task.loss_fn
+        if spec.schedule is not None:
+            f = schedule_factor(spec.schedule, t, self.train_steps, self.warmup)
+            for g, base in zip(self.inner.param_groups, self.base_lrs):
+                g["lr"] = base * f
         try:
             if spec.kind == "closure":
-                if closure_style == "backwards_kwarg":  # the published SaLSa calls backward itself
-                    inner.zero_grad()
+                if spec.options.get("closure_style") == "backwards_kwarg":  # the published SaLSa
+                    self.inner.zero_grad()
 
                     def closure(backwards=False):
                         loss = loss_fn(model, batch)
@@ -276,10 +338,104 @@ def _train(task: Task, spec, cfg: RunConfig) -> dict:
                 opt.zero_grad()
                 loss = loss_fn(model, batch)
                 loss.backward()
-                opt.step()
-            value = float(loss.detach())
+                if spec.options.get("step_with_loss"):  # MoMo: step(loss=...) after backward
+                    opt.step(loss=loss.detach())
+                else:
+                    opt.step()
+            return float(loss.detach())
         except FloatingPointError:  # autostep.NonFiniteLossError: the start loss is already NaN
-            value = math.nan
+            return math.nan
+
+    def eval_mode(self) -> None:
+        if self.spec.train_eval_modes:
+            self.opt.eval()
+
+    def train_mode(self) -> None:
+        if self.spec.train_eval_modes:
+            self.opt.train()
+
+    def current_lr(self) -> float:
+        return _current_lr(self.opt, self.inner)
+
+
+def _current_lr(opt, inner) -> float:
+    """The step size in use: group["lr"] (times Prodigy's ``d``), or the published SaLSa's own."""
+    group = inner.param_groups[0]
+    lr = group.get("lr")
+    if lr is None:
+        lr = getattr(opt, "step_size", math.nan)
+    d = group.get("d")
+    if isinstance(d, (int, float)) and not isinstance(d, bool):
+        lr = lr * d
+    return float(lr)
+
+
+def warm_up(cfg: RunConfig) -> None:
+    """Once per process and (problem, method, device): a discarded short run, so one-time costs
+    (lazy kernel and autograd initialisation, first-call caches) are not charged to a timed run."""
+    key = (cfg.problem, cfg.method, cfg.device)
+    if key in _WARMED:
+        return
+    _WARMED.add(key)
+    n = min(cfg.steps, WARMUP_STEPS)
+    try:
+        _train(build_problem(cfg.problem, cfg.seed, cfg.data_dir, cfg.device), registry.get(cfg.method),
+               RunConfig(cfg.problem, cfg.method, cfg.seed, n, lr=cfg.lr or 1e-3, role="warmup",
+                         data_dir=cfg.data_dir, device=cfg.device), warm=True)
+    except Exception:  # the timed run reports the method's errors
+        pass
+
+
+def run_one(cfg: RunConfig, warmup: bool = True) -> dict:
+    """Train one (problem, method, seed); never raises for a failing method (the error is recorded).
+
+    ``warmup`` first trains a discarded short run of the same method and problem, once per process
+    (see :func:`warm_up`), so timings exclude one-time start-up."""
+    torch.set_num_threads(1)
+    base = {"config": asdict(cfg), "problem": cfg.problem, "method": cfg.method, "seed": cfg.seed,
+            "role": cfg.role, "lr": cfg.lr}
+    spec = registry.get(cfg.method)
+    reason = spec.missing_reason()
+    if reason:
+        return {**base, "status": "skipped", "reason": reason}
+    if warmup:
+        warm_up(cfg)
+    try:
+        task = build_problem(cfg.problem, cfg.seed, cfg.data_dir, cfg.device)
+    except DataMissing as exc:
+        return {**base, "status": "skipped", "reason": str(exc)}
+    try:
+        return {**base, "status": "ok", **_train(task, spec, cfg)}
+    except Exception as exc:  # a method that crashes is a result, not a crashed benchmark
+        return {**base, "status": "error", "reason": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=5)}
+
+
+def _train(task: Task, spec, cfg: RunConfig, warm: bool = False) -> dict:
+    steps = cfg.steps
+    # CPU time on the CPU (robust to other load); on a GPU, wall time with synchronisation
+    cuda = task.device.type == "cuda"
+    clock = time.perf_counter if cuda else time.process_time
+
+    def now() -> float:
+        if cuda:
+            torch.cuda.synchronize(task.device)
+        return clock()
+
+    cpu0 = now()
+    search_steps, peak_lr, search_note = 0, cfg.lr, ""
+    if spec.kind == "selector" and not warm:
+        peak_lr, search_steps, search_note = _select_lr(spec, task, cfg)
+    train_steps = max(0, steps - search_steps)
+    st = Stepper(task, spec, cfg.seed, train_steps, peak_lr, total_steps=steps)
+    opt, inner = st.opt, st.inner
+
+    losses, gaps, diverged_at = [], [], None
+    ema, curve_every = None, max(1, train_steps // CURVE_POINTS)
+    check_every = max(1, train_steps // CHECKPOINTS)
+    curve, l0 = [], None
+    for t, batch in enumerate(task.batches(train_steps, cfg.seed)):
+        value = st.step(t, batch)
         if l0 is None:
             l0 = value
         losses.append(value)
@@ -288,16 +444,15 @@ def _train(task: Task, spec, cfg: RunConfig) -> dict:
             break
         ema = value if ema is None else 0.95 * ema + 0.05 * value
         if task.exact_optimum and (t % check_every == 0 or t == train_steps - 1):
-            if spec.train_eval_modes:
-                opt.eval()
+            st.eval_mode()
             gaps.append(task.evaluate("train")[0])
-            if spec.train_eval_modes:
-                opt.train()
+            st.train_mode()
         if t % curve_every == 0 or t == train_steps - 1:
-            curve.append((t + search_steps, ema, _current_lr(opt, inner), now() - cpu0))
+            curve.append((t + search_steps, ema, st.current_lr(), now() - cpu0))
     cpu = now() - cpu0
-    if spec.train_eval_modes:
-        opt.eval()
+    if warm:
+        return {}
+    st.eval_mode()
     if diverged_at is None:
         train_loss, _ = task.evaluate("train")
         val_loss, _ = task.evaluate("val")
@@ -315,9 +470,13 @@ def _train(task: Task, spec, cfg: RunConfig) -> dict:
     fw = _counter(opt, "forwards", "n_forwards")
     bw = _counter(opt, "backwards", "n_backwards")
     done = len(losses)
+    own_search = getattr(opt, "search_steps", None)  # steps a method spends on its own scale search
+    if not isinstance(own_search, int) or isinstance(own_search, bool):
+        own_search = 0
     return {
         "steps": steps,
-        "search_steps": search_steps,
+        "search_steps": search_steps + own_search,
+        "search_note": search_note,
         "peak_lr": peak_lr,
         "train_loss": train_loss,
         "val_loss": val_loss,
@@ -335,7 +494,7 @@ def _train(task: Task, spec, cfg: RunConfig) -> dict:
         "forwards_per_step": (fw / max(1, done)) if fw is not None else 1.0,
         "backwards_per_step": (bw / max(1, done)) if bw is not None else 1.0,
         "state_bytes": _state_bytes(opt),
-        "param_bytes": sum(p.numel() * p.element_size() for p in params),
+        "param_bytes": sum(p.numel() * p.element_size() for p in st.params),
         "curve": curve,
-        "final_lr": _current_lr(opt, inner),
+        "final_lr": st.current_lr(),
     }
