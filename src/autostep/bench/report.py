@@ -595,6 +595,10 @@ def _legend(ax, handles, title=None):
                   fontsize=8, title=title, title_fontsize=8, frameon=False)
 
 
+def _ref_label(m: str, recommended: Optional[str]) -> str:
+    return m + (" (recommended)" if m == recommended else " (tuned baseline)" if m == BASELINE else "")
+
+
 def _line_handle(label, style):
     from matplotlib.lines import Line2D
     return Line2D([], [], label=label, color=style["color"], ls=style.get("ls", "-"), lw=style.get("lw", 1.5))
@@ -651,12 +655,25 @@ def figures(results: dict, s: dict, recommended: Optional[str] = None) -> list:
                             label=m if m in drawn else "_nolegend_")
                     data_y[m], data_x[m] = ys, xs
                 ax.set_yscale("log")
-                # loss panels keep every coloured line whole; the step-size panel only the references
-                lo, hi, clipped = _bulk(data_y, log=True, always=drawn if x_index is not None else ref_here)
+                if x_index is None:  # step sizes: the bulk, the references always whole
+                    lo, hi, clipped = _bulk(data_y, log=True, always=ref_here)
+                    note = _clip_note(clipped, drawn)
+                else:  # losses: the range fits the run after its first 10% (the early drop is clipped)
+                    late = {}
+                    for m, ys in data_y.items():
+                        xs = data_x[m]
+                        x0 = xs[0] + 0.1 * (xs[-1] - xs[0])
+                        late[m] = [y for x, y in zip(xs, ys) if x >= x0]
+                    lo, hi, clipped = _bulk(late, log=True, always=ref_here)
+                    lows = [min(v) for m, v in data_y.items() if m in drawn and v and min(v) > 0]
+                    if lo is not None and lows:
+                        lo = min(lo, min(lows) * 0.95)  # never hide the good end of a coloured line
+                    early = any(max(v) > (hi or math.inf) for v in data_y.values() if v)
+                    note = ("\n(y fits the run after its first 10%" + (
+                        ", " + _clip_note(clipped, drawn).strip()[1:-1] if clipped else "") + ")") if early or clipped else ""
                 if lo is not None and hi > lo:
                     ax.set_ylim(lo, hi)
                     _plain_log_labels(ax, lo, hi)
-                note = _clip_note(clipped, drawn)
                 if x_index == 3 and data_x:
                     ends = {m: [max(x)] for m, x in data_x.items() if x}
                     _, xhi, xclip = _bulk({m: [0.0] + e for m, e in ends.items()}, log=False, always=ref_here)
@@ -668,8 +685,7 @@ def figures(results: dict, s: dict, recommended: Optional[str] = None) -> list:
                 ax.set_xlabel(xlabel, fontsize=8)
                 ax.tick_params(labelsize=7)
                 ax.grid(alpha=0.3)
-            handles = [_line_handle(m + (" (recommended)" if m == recommended else " (tuned baseline)"
-                                         if m == BASELINE else ""), styles[m]) for m in ref_here]
+            handles = [_line_handle(_ref_label(m, recommended), styles[m]) for m in ref_here]
             handles += [_line_handle(m, styles[m]) for m in shown]
             if rest:
                 handles.append(_line_handle(f"{len(rest)} other {FAMILY_TITLES[fam]} (grey)",
@@ -690,7 +706,7 @@ def figures(results: dict, s: dict, recommended: Optional[str] = None) -> list:
                 st = styles.get(m) or method_styles([m], None)[m]
                 ax.plot([a for a, _ in pts], [b for _, b in pts], marker="o", color=st["color"], ls=st["ls"],
                         lw=max(st["lw"], 1.8), label=f"{m}: grid on the tuning seed")
-                handles.append(_line_handle(f"{m}: grid (tuning seed)", st))
+                handles.append(_line_handle(f"{_ref_label(m, recommended)}: grid (tuning seed)", st))
                 ys_all[m] = [b for _, b in pts]
             autos = [m for m in present if _kind(m) != "tuned"]
             val = {m: [r["val_loss"] for r in runs if r["problem"] == p and r["method"] == m
@@ -708,7 +724,7 @@ def figures(results: dict, s: dict, recommended: Optional[str] = None) -> list:
                 if m in ref_auto:
                     ax.axhspan(min(val[m]), max(val[m]), color=st["color"], alpha=0.10, lw=0)
                 ax.axhline(vscore[m], color=st["color"], ls=st["ls"], lw=st["lw"], zorder=st["zorder"], label=m)
-                handles.append(_line_handle(f"{m} (median over seeds)", st))
+                handles.append(_line_handle(f"{_ref_label(m, recommended)}: median over seeds", st))
             if rest:
                 handles.append(_line_handle(f"{len(rest)} other untuned methods (grey)", {"color": GREY, "lw": 0.8}))
             ys_all.update({m: [vscore[m]] for m in vscore})
@@ -756,7 +772,7 @@ def figures(results: dict, s: dict, recommended: Optional[str] = None) -> list:
             st = styles[m]
             ax.step(taus, prof[m], where="post", color=st["color"], ls=st["ls"], lw=st["lw"], zorder=st["zorder"],
                     label=m)
-            handles.append(_line_handle(m, st))
+            handles.append(_line_handle(_ref_label(m, recommended), st))
         if rest:
             handles.append(_line_handle(f"{len(rest)} others (grey)", {"color": GREY, "lw": 0.8}))
         ax.set(xscale="log", xlabel="τ (CPU time to target ÷ best)", ylabel="fraction of problems × seeds",
@@ -780,31 +796,27 @@ def figures(results: dict, s: dict, recommended: Optional[str] = None) -> list:
         rows = [r for r in rows if math.isfinite(r[1])]
         source = "per-run timings, median over problems"
     if rows:
-        from matplotlib.patches import Patch
         rows.sort(key=lambda r: r[1])
         fig = _figure((12, max(3.0, 0.3 * len(rows) + 1.2)))
         ax = fig.subplots()
         names = [m for m, _ in rows]
         vals = [v for _, v in rows]
-        _, hi, clipped = _bulk({m: [0.0, v] for m, v in rows}, log=False, always=refs)
-        hi = max(hi or 1.0, 1.2)
+        med = statistics.median(vals)
+        hi = max([v for v in vals if v <= 3 * med] + [1.2])  # bars beyond 3× the median are clipped
         colors = [styles[m]["color"] if m in styles else GREY for m in names]
-        ax.barh(names, [min(v, hi) for v in vals], color=colors,
+        ax.barh([f"{m} ({_family(m)})" for m in names], [min(v, hi) for v in vals], color=colors,
                 edgecolor=["k" if m in refs else "none" for m in names])
         for i, (m, v) in enumerate(rows):
             ax.text(min(v, hi) + hi * 0.01, i, f"{v:.2f}" + (" (clipped)" if v > hi else ""), va="center",
                     fontsize=7)
         ax.axvline(1.0, color="k", lw=0.8)
-        ax.set_xlim(0, hi * 1.12)
+        ax.set_xlim(0, hi * 1.15)
         ax.set(xlabel="CPU time per step ÷ Adam")
-        ax.set_title(f"overhead per step ({source})", fontsize=10)
+        ax.set_title(f"overhead per step ({source}); bars in each method's colour", fontsize=10)
         ax.tick_params(axis="y", labelsize=7)
-        fams = [("autostep", PALETTES["autostep"][0]), ("peer", PALETTES["peer"][0]),
-                ("baseline", PALETTES["baseline"][0])]
-        _legend(ax, [Patch(color=c, label=FAMILY_TITLES[f]) for f, c in fams])
         out.append(("overhead.png", fig,
-                    f"CPU time per step relative to Adam ({source}), coloured by family; bars beyond the bulk "
-                    f"are clipped and labelled with their value."))
+                    f"CPU time per step relative to Adam ({source}), each bar in its method's colour, family in "
+                    f"brackets, references outlined; bars beyond 3× the median are clipped and labelled."))
     return out
 
 

@@ -160,18 +160,19 @@ def _grid_size(lo: float, hi: float) -> int:
     return n + (1 if span - 0.5 * (n - 1) > 1e-9 else 0)
 
 
-#: find_lr search plans, from the paper's (20 steps per trial) down to a bare grid; each bounds its
-#: trials by grid points + 10 per refinement round (2 extensions + 2 neighbours of 4 picks)
-_FIND_LR_PLANS = (((1e-5, 1.0), 10), ((1e-5, 1.0), 2), ((1e-5, 1.0), 1), ((1e-5, 1.0), 0),
-                  ((1e-4, 1e-1), 0))
+#: find_lr search plans (lr range, refinement rounds, fewest steps per trial worth running), from the
+#: paper's (20 steps per trial, up to 10 rounds) down to a bare 7-point grid; each bounds its trials by
+#: grid points + 10 per refinement round (2 extensions + 2 neighbours of each of 4 picks)
+_FIND_LR_PLANS = (((1e-5, 1.0), 10, 10), ((1e-5, 1.0), 2, 5), ((1e-5, 1.0), 1, 5), ((1e-5, 1.0), 0, 3),
+                  ((1e-4, 1e-1), 0, 1))
 
 
 def _find_lr_plan(budget: int) -> Optional[dict]:
     """The richest find_lr plan whose worst case fits in ``budget`` training steps (None: none)."""
-    for lr_range, rounds in _FIND_LR_PLANS:
+    for lr_range, rounds, fewest in _FIND_LR_PLANS:
         bound = _grid_size(*lr_range) + 10 * rounds
         per_trial = min(20, budget // bound)
-        if per_trial >= 2 or (per_trial >= 1 and lr_range == _FIND_LR_PLANS[-1][0]):
+        if per_trial >= fewest:
             return {"lr_range": lr_range, "max_rounds": rounds, "max_extend": 0 if rounds < 10 else 6,
                     "steps": per_trial, "bound": bound * per_trial}
     return None
@@ -197,7 +198,7 @@ def _select_lr(spec, task: Task, cfg: RunConfig) -> tuple[float, int, str]:
         val = task.probe_batches(4, cfg.seed + 1)
         kw = {"progress": False}
         if "schedule" in sig and "total_steps" in sig:  # the schedule-aware finder (issue 9)
-            kw.update(schedule="cosine", total_steps=cfg.steps)
+            kw.update(schedule="cosine", total_steps=cfg.steps - budget)
         if "budget" in sig:  # the finder shrinks its own search
             res = find_lr(model, make, task.loss_fn, train, val, budget=budget, **kw)
             spent = int(res.steps_spent)
