@@ -58,6 +58,8 @@ def test_linear_decay_schedule_reaches_zero():
 
 def test_scheduled_peer_scales_the_rate_it_was_built_with():
     """Prodigy-cosine keeps lr=1 as the peak of its warm-up + cosine (as its README uses it)."""
+    if not registry.get("Prodigy-cosine").is_available():
+        pytest.skip(registry.get("Prodigy-cosine").missing_reason())
     task = runner.build_problem("quadratic", 0)
     st = runner.Stepper(task, registry.get("Prodigy-cosine"), 0, train_steps=100)
     batches = list(task.batches(60, 0))
