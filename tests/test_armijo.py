@@ -391,13 +391,13 @@ def test_reused_steps_compute_no_decrease_terms(monkeypatch):
     import autostep.optim.sls as sls_module
 
     calls = {"n": 0}
-    real = sls_module.dots
+    real = sls_module.decrease_terms
 
     def counting(*a, **k):
         calls["n"] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(sls_module, "dots", counting)
+    monkeypatch.setattr(sls_module, "decrease_terms", counting)
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(20))
     target = torch.randn(20)

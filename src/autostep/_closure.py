@@ -448,17 +448,22 @@ class ClosureEvaluator:
         self._rng_after: RNGSnapshot | None = None
         self._grads: list = []
         self.loss_eps = 0.0
+        self._loss_t: torch.Tensor | None = None
+        self._undo: tuple | None = None
 
     # ------------------------------------------------------------------ first evaluation
-    def _start(self, with_grad: bool) -> torch.Tensor:
+    def _start(self, with_grad: bool, read: bool = True) -> torch.Tensor:
         """Evaluate the closure at the start point and tell the conventions apart.
 
         ``with_grad=False`` (:meth:`measure`) keeps the ``.grad`` fields out of the closure's reach
         and skips its ``backward()``.  On any failure buffers, generators and ``.grad`` are put back.
+        ``read=False`` leaves the loss on the device (no host sync) for :meth:`read_start`, keeping
+        what is needed to undo the evaluation until then.
         """
         self._rng_before = RNGSnapshot()
         before = _grad_fingerprint(self.params)
         rec = _Recorder(self.params, skip=not with_grad)
+        self._undo = (before, rec)
         if not with_grad:
             for p in self.params:
                 p.grad = None
@@ -486,46 +491,86 @@ class ClosureEvaluator:
             self.backwards += rec.calls if with_grad else 0
             self.device = loss.device
             self.loss_eps = torch.finfo(loss.dtype).eps if loss.is_floating_point() else 0.0
-            self.loss0 = self.reducer.mean([loss.detach().item()], loss.device)[0]
-            if not math.isfinite(self.loss0):
-                raise NonFiniteLossError(
-                    f"The loss at the start of the step is {self.loss0}; nothing was changed. "
-                    "Check the data and the model for NaN/inf, or lower the initial step size `lr`."
-                )
+            self._loss_t = loss.detach()
+            if read:
+                self.loss0 = self.reducer.mean([self._loss_t.item()], loss.device)[0]
+                self._check_loss0()
         except BaseException:
-            self.buffers.restore()
-            self._rng_before.restore()
-            for i, (p, (g, v)) in enumerate(zip(self.params, before)):
-                p.grad = g
-                if rec.pre is not None and rec.pre[i] is not None and g is not None:
-                    with torch.no_grad():
-                        g.copy_(rec.pre[i])
+            self._undo_start()
             raise
         if self.torch_style and rec.diff is not None:
             self.slope_grads = rec.diff
         return loss
+
+    def _undo_start(self) -> None:
+        """Put buffers, generators and ``.grad`` back as they were before :meth:`_start`."""
+        before, rec = self._undo
+        self.buffers.restore()
+        self._rng_before.restore()
+        for i, (p, (g, v)) in enumerate(zip(self.params, before)):
+            p.grad = g
+            if rec.pre is not None and rec.pre[i] is not None and g is not None:
+                with torch.no_grad():
+                    g.copy_(rec.pre[i])
+
+    def _check_loss0(self) -> None:
+        if not math.isfinite(self.loss0):
+            raise NonFiniteLossError(
+                f"The loss at the start of the step is {self.loss0}; nothing was changed. "
+                "Check the data and the model for NaN/inf, or lower the initial step size `lr`."
+            )
+
+    def read_start(self, extra: torch.Tensor | None = None) -> list[float]:
+        """The deferred read of ``first(read=False)``: the start loss and the 1-d tensor ``extra``
+        (gradient-derived scalars that feed decisions) in **one** device-to-host transfer and one
+        rank average.  Sets :attr:`loss0` and returns the floats of ``extra``.
+
+        A non-finite start loss undoes the first evaluation -- module buffers, generators and the
+        ``.grad`` fields as before it -- and raises :class:`NonFiniteLossError`: the step changed
+        nothing, as with an immediate read.  (Until this read the old ``.grad`` tensors of a
+        loss-only closure stay referenced, so that they can be put back.)
+        """
+        vals = self._loss_t.reshape(1).to(torch.float64)
+        if extra is not None and extra.numel():
+            vals = torch.cat([vals, extra.detach().reshape(-1).to(vals.device, torch.float64)])
+        out = self.reducer.mean(vals.tolist(), self.device)
+        self.loss0 = out[0]
+        try:
+            self._check_loss0()
+        except NonFiniteLossError:
+            self._undo_start()
+            raise
+        finally:
+            self._undo = None
+        self._after_start()
+        return out[1:]
 
     def _after_start(self) -> None:
         self._rng_after = RNGSnapshot()
         self._grads = [p.grad for p in self.params]
         self.buffers.save()  # the first evaluation's buffer updates are kept; trials' are not
 
-    def first(self) -> torch.Tensor:
+    def first(self, read: bool = True) -> torch.Tensor:
         """Evaluate the closure with grad enabled; back-propagate unless the closure did.
 
         With a loss-only closure the old gradients are cleared (set to ``None``) before the
         optimizer's ``backward()``; a torch-style closure's gradients are used as it left them.  If
         the loss is not finite, buffers, generators and gradients are restored and
         :class:`NonFiniteLossError` is raised: the step changes nothing.
+
+        ``read=False`` defers the host read of the loss, and that check, to :meth:`read_start`, so
+        that it shares one device-to-host transfer with the optimizer's own scalars.
         """
-        loss = self._start(with_grad=True)
+        loss = self._start(with_grad=True, read=read)
         if not self.torch_style:
             for p in self.params:
                 p.grad = None
             target = loss if self.grad_scaler is None else self.grad_scaler.scale(loss)
             target.backward()
             self.backwards += 1
-        self._after_start()
+        if read:
+            self._undo = None
+            self._after_start()
         return loss.detach()
 
     def measure(self) -> torch.Tensor:
@@ -539,6 +584,7 @@ class ClosureEvaluator:
         approximation phase.
         """
         loss = self._start(with_grad=False)
+        self._undo = None
         self._after_start()
         return loss.detach()
 

@@ -8,6 +8,14 @@ point that stays applied, and :meth:`restore` gives back ``w0`` exactly.
 A direction is either a list of tensors ``d`` (point ``w0 - s * d``) or a pair ``(num, den)`` of
 lists (point ``w0 - s * num / den``, one fused ``addcdiv``), which lets Adam-type methods move along
 ``g / denom`` or ``m / denom`` without materialising the quotient.
+
+Cost: a move is one ``_foreach_copy_`` and one fused ``_foreach_add_``/``_foreach_addcdiv_`` over
+the parameters of *all* segments (per-segment step sizes become per-tensor scalars).  When every
+parameter is a plain dense tensor of one dtype on one device, ``w0`` is one flat buffer with a view
+per parameter; before :meth:`save` that buffer is free, and the optimizers use it as scratch for
+their inner products (:attr:`scratch`, :meth:`scratch_sums`), so a step needs no other temporary.
+Parameters of other kinds (``DTensor``, mixed dtypes or devices) get one buffer per tensor; the
+results are the same, only the summation of :meth:`scratch_sums` is per tensor.
 """
 
 from __future__ import annotations
@@ -18,7 +26,30 @@ import torch
 
 Direction = Union[Sequence[torch.Tensor], tuple]
 
-__all__ = ["Line", "axpy_"]
+__all__ = ["Line", "axpy_", "flat_buffer"]
+
+
+def _plain(t: torch.Tensor) -> bool:
+    return type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
+
+
+def flat_buffer(tensors: Sequence[torch.Tensor]):
+    """Uninitialised storage shaped like ``tensors``: ``(flat, views)``.
+
+    ``flat`` is one 1-d tensor with ``views[i]`` a contiguous view shaped like ``tensors[i]`` when
+    all tensors are plain dense tensors of one dtype and device; otherwise ``flat`` is ``None`` and
+    ``views`` are separate ``empty_like`` tensors (what a ``DTensor`` or a mixed list needs)."""
+    tensors = list(tensors)
+    if tensors and all(_plain(t) for t in tensors) and len({(t.dtype, t.device) for t in tensors}) == 1:
+        flat = torch.empty(sum(t.numel() for t in tensors), dtype=tensors[0].dtype,
+                           device=tensors[0].device)
+        views, off = [], 0
+        for t in tensors:
+            n = t.numel()
+            views.append(flat[off:off + n].view(t.shape))
+            off += n
+        return flat, views
+    return None, [torch.empty_like(t) for t in tensors]
 
 
 @torch.no_grad()
@@ -26,21 +57,24 @@ def axpy_(params: Sequence[torch.Tensor], d: Direction, s) -> None:
     """In place ``params -= s * d`` (``d`` a tensor list or a ``(num, den)`` pair, ``s`` a float or
     one float per tensor).  Used both for trial points (after copying ``w0``) and for direct steps,
     so a point reached either way is bitwise the same."""
+    params = list(params)
     if not params:
         return
     per_tensor = isinstance(s, (list, tuple))
+    if per_tensor and all(x == s[0] for x in s):
+        s, per_tensor = s[0], False
     if not per_tensor and s == 0:
         return
     if isinstance(d, tuple):
         num, den = d
         if per_tensor:
-            torch._foreach_addcdiv_(params, num, den, [-float(x) for x in s])
+            torch._foreach_addcdiv_(params, list(num), list(den), [-float(x) for x in s])
         else:
-            torch._foreach_addcdiv_(params, num, den, value=-float(s))
+            torch._foreach_addcdiv_(params, list(num), list(den), value=-float(s))
     elif per_tensor:
-        torch._foreach_add_(params, torch._foreach_mul(d, [-float(x) for x in s]))
+        torch._foreach_add_(params, torch._foreach_mul(list(d), [-float(x) for x in s]))
     else:
-        torch._foreach_add_(params, d, alpha=-float(s))
+        torch._foreach_add_(params, list(d), alpha=-float(s))
 
 
 class Line:
@@ -52,43 +86,102 @@ class Line:
         One list of parameter tensors per segment.
     dirs:
         One direction per segment (see module docstring); may be replaced with :meth:`set_dirs`.
+    save:
+        Copy the start point now (default).  With ``save=False`` the buffer is allocated but
+        holds garbage until :meth:`save`; meanwhile it may serve as :attr:`scratch`.
     """
 
-    def __init__(self, params: Sequence[Sequence[torch.Tensor]], dirs: Sequence[Direction]):
+    def __init__(self, params: Sequence[Sequence[torch.Tensor]], dirs: Sequence[Direction],
+                 save: bool = True):
         if len(params) != len(dirs):
             raise ValueError("one direction per segment is needed")
         self.params = [list(ps) for ps in params]
         self.dirs = list(dirs)
+        self._all = [p for ps in self.params for p in ps]
+        self._sizes = [len(ps) for ps in self.params]
         with torch.no_grad():
-            # one copy of the start point; _foreach_mul(x, 1.0) is an exact copy in one kernel
-            self.w0 = [list(torch._foreach_mul(ps, 1.0)) if ps else [] for ps in self.params]
-        self.scales: list[float] | None = None  # scales of the point the params are at now (None: w0)
+            self._flat, views = flat_buffer(self._all)
+        self.w0, pos = [], 0
+        for n in self._sizes:
+            self.w0.append(views[pos:pos + n])
+            pos += n
+        self._w0_all = views
+        self.saved = False
+        self.scales: list | None = None  # scales of the point the params are at now (None: w0)
+        if save:
+            self.save()
+
+    # ------------------------------------------------------------------ buffer
+    @torch.no_grad()
+    def save(self) -> None:
+        """Copy the current parameters into ``w0`` (one foreach copy)."""
+        if self._all:
+            torch._foreach_copy_(self._w0_all, self._all)
+        self.saved = True
+        self.scales = None
+
+    @property
+    def scratch(self) -> list:
+        """Per segment, tensors shaped like its parameters, free to use until :meth:`save`."""
+        if self.saved:
+            raise RuntimeError("the scratch buffer holds w0 after save()")
+        return self.w0
+
+    @torch.no_grad()
+    def scratch_sums(self) -> torch.Tensor:
+        """Per segment, the sum of every element of its scratch tensors (1-d, one entry per segment)."""
+        if self._flat is not None:
+            if len(self._sizes) == 1:
+                return self._flat.sum().reshape(1)
+            numels = [sum(t.numel() for t in seg) for seg in self.w0]
+            return torch.stack([c.sum() for c in self._flat.split(numels)])
+        sums = [torch.stack([t.sum() for t in seg]).sum() if seg else torch.zeros(())
+                for seg in self.w0]
+        return torch.stack([s.to(sums[0].device) for s in sums])
 
     def set_dirs(self, dirs: Sequence[Direction]) -> None:
         self.dirs = list(dirs)
 
+    # ------------------------------------------------------------------ moves
     @torch.no_grad()
     def move(self, scales: Sequence, dirs: Sequence[Direction] | None = None) -> None:
         """Set every segment to ``w0 - scales[j] * dir[j]`` (rebuilt from ``w0``).
 
         ``scales[j]`` is a float, or a list of floats with one scale per tensor of the segment.
+        All segments move in one foreach copy and one fused update when their directions are of
+        one kind; the result is bitwise what per-segment updates give.
         """
-        dirs = self.dirs if dirs is None else dirs
-        for ps, w0, d, s in zip(self.params, self.w0, dirs, scales):
-            if ps:
-                torch._foreach_copy_(ps, w0)
+        dirs = self.dirs if dirs is None else list(dirs)
+        if not self._all:
+            self.scales = list(scales)
+            return
+        torch._foreach_copy_(self._all, self._w0_all)
+        per_tensor: list[float] = []
+        for n, s in zip(self._sizes, scales):
+            per_tensor.extend(s if isinstance(s, (list, tuple)) else [s] * n)
+        live = [(ps, d, s) for ps, d, s in zip(self.params, dirs, scales) if ps]
+        if live and all(isinstance(d, tuple) for _, d, _ in live):
+            num = [t for _, d, _ in live for t in d[0]]
+            den = [t for _, d, _ in live for t in d[1]]
+            axpy_(self._all, (num, den), per_tensor)
+        elif live and all(not isinstance(d, tuple) for _, d, _ in live) and all(
+                x == per_tensor[0] for x in per_tensor):
+            axpy_(self._all, [t for _, d, _ in live for t in d], per_tensor[0])
+        else:  # mixed kinds, or per-segment scales along plain directions: as many calls as segments
+            for ps, d, s in live:
                 axpy_(ps, d, s)
         self.scales = list(scales)
 
     @torch.no_grad()
     def restore(self) -> None:
         """Put every parameter back to ``w0`` exactly."""
-        for ps, w0 in zip(self.params, self.w0):
-            if ps:
-                torch._foreach_copy_(ps, w0)
+        if self._all and self.saved:
+            torch._foreach_copy_(self._all, self._w0_all)
         self.scales = None
 
     def release(self) -> None:
         """Drop the copy of ``w0`` (call when the step is over)."""
         self.w0 = []
+        self._w0_all = []
+        self._flat = None
         self.dirs = []

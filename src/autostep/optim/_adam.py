@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["adam_moments", "init_adam_state", "dots", "sq_norms", "all_zero"]
+__all__ = ["AdamMoments", "adam_moments", "init_adam_state", "dots", "sq_norms", "all_zero", "scalar_or_list"]
 
 
 def init_adam_state(st: dict, p: torch.Tensor) -> None:
@@ -16,6 +16,86 @@ def init_adam_state(st: dict, p: torch.Tensor) -> None:
         st["step"] = 0
         st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
+def scalar_or_list(values: list):
+    """One float when every entry is the same (the faster foreach overload), else the list.
+
+    Both overloads apply the same scalar to each tensor, so the result is bitwise the same."""
+    first = values[0] if values else 0.0
+    return first if all(v == first for v in values) else values
+
+
+class AdamMoments:
+    """Adam's moments of one segment, updated *provisionally* and committed after the step.
+
+    ``m_k = lerp(m_{k-1}, g, 1 - beta1)``, ``v_k = beta2 v_{k-1} + (1 - beta2) g^2`` are the values
+    the step uses, but nothing in ``state`` changes until :meth:`commit`: the denominator is computed
+    out of place from ``v_{k-1}`` and ``g``, ``m_k`` (where a search needs it before the commit) is
+    built in a scratch buffer.  So a step that fails (non-finite start loss or gradient, exception
+    in a trial) leaves the moments as they were, without a copy of them.  :meth:`commit` repeats the
+    in-place updates with the same foreach ops, so the committed moments are bitwise the values the
+    step used.
+    """
+
+    __slots__ = ("state", "params", "grads", "b1", "b2", "eps", "ms", "vs", "steps", "fresh",
+                 "bc1")
+
+    def __init__(self, state, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                 betas: tuple[float, float], eps: float):
+        self.state, self.params, self.grads = state, list(params), list(grads)
+        self.b1, self.b2 = betas
+        self.eps = eps
+        self.ms, self.vs, self.steps, self.fresh = [], [], [], []
+        for p in self.params:
+            st = state.get(p)
+            if st and "exp_avg" in st:
+                self.ms.append(st["exp_avg"])
+                self.vs.append(st["exp_avg_sq"])
+                self.steps.append(st["step"] + 1)
+                self.fresh.append(False)
+            else:  # first step: zero moments that enter the state only at commit()
+                self.ms.append(torch.zeros_like(p, memory_format=torch.preserve_format))
+                self.vs.append(torch.zeros_like(p, memory_format=torch.preserve_format))
+                self.steps.append(1)
+                self.fresh.append(True)
+        self.bc1 = [1.0 - self.b1 ** k for k in self.steps]
+
+    @torch.no_grad()
+    def denom(self) -> list:
+        """A fresh list ``sqrt(v_k / (1 - beta2^k)) + eps`` (torch.optim.Adam's, bitwise)."""
+        if not self.params:
+            return []
+        d = torch._foreach_mul(self.vs, self.b2)
+        torch._foreach_addcmul_(d, self.grads, self.grads, value=1.0 - self.b2)
+        torch._foreach_sqrt_(d)
+        torch._foreach_div_(d, scalar_or_list([math.sqrt(1.0 - self.b2 ** k) for k in self.steps]))
+        torch._foreach_add_(d, self.eps)
+        return list(d)
+
+    @torch.no_grad()
+    def m_new(self, out: Sequence[torch.Tensor] | None = None) -> list:
+        """``m_k`` in ``out`` (a scratch list shaped like the params) or in a fresh list."""
+        if out is None:
+            return list(torch._foreach_lerp(self.ms, self.grads, 1.0 - self.b1))
+        out = list(out)
+        torch._foreach_copy_(out, self.ms)
+        torch._foreach_lerp_(out, self.grads, 1.0 - self.b1)
+        return out
+
+    @torch.no_grad()
+    def commit(self) -> None:
+        """Write ``m_k``, ``v_k`` and the step counts into the state (same ops as provisional)."""
+        if not self.params:
+            return
+        torch._foreach_lerp_(self.ms, self.grads, 1.0 - self.b1)
+        torch._foreach_mul_(self.vs, self.b2)
+        torch._foreach_addcmul_(self.vs, self.grads, self.grads, value=1.0 - self.b2)
+        for p, m, v, k, fresh in zip(self.params, self.ms, self.vs, self.steps, self.fresh):
+            if fresh:
+                self.state[p] = {"step": k, "exp_avg": m, "exp_avg_sq": v}
+            else:
+                self.state[p]["step"] = k
 
 
 @torch.no_grad()

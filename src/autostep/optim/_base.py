@@ -56,17 +56,43 @@ class Segment:
 
 @dataclass
 class Plan:
-    """What a subclass computes from the gradients before the search."""
+    """What a subclass computes from the gradients before the search.
+
+    Nothing in the optimizer's state changes while a plan is made: Adam moments are provisional
+    (:class:`~autostep.optim._adam.AdamMoments`) and committed by the engine once the step is taken.
+    """
 
     search: list  # one Direction per segment
-    s: list  # <g, d_search> per segment (float)
+    s: Optional[torch.Tensor] = None  # <g, d_search> per segment, 1-d on the device (None: not needed)
     final: Optional[list] = None  # Direction per segment for the applied update (None: the tested point)
     final_scale: Optional[Callable[[int, float], Any]] = None  # (segment index, eta) -> scale(s)
-    zero: list = field(default_factory=list)  # per segment: the search direction is exactly zero
+    moments: list = field(default_factory=list)  # AdamMoments to commit when the step is taken
+    exact_zero: Optional[Callable[[int], bool]] = None  # s_j == 0: is direction j exactly zero?
+
+    def commit(self) -> None:
+        for mo in self.moments:
+            mo.commit()
 
 
-def _slopes(ev: ClosureEvaluator, segs: list, dirs: list) -> list[float]:
-    """``<g_f, d>`` per segment, ``g_f`` the gradient of the loss the closure returns.
+def decrease_terms(line: Optional[Line], xs: list, ys: list, dens: Optional[list] = None):
+    """Per segment ``sum <x, y / den>`` (``den`` optional) as a 1-d tensor, in one foreach pass per
+    operation over all segments, using the line's ``w0`` buffer as scratch before it is saved.
+
+    ``xs``, ``ys``, ``dens`` hold one tensor list per segment."""
+    if line is None:
+        return None
+    buf = [t for seg in line.scratch for t in seg]
+    if buf:
+        torch._foreach_copy_(buf, [t for seg in ys for t in seg])
+        if dens is not None:
+            torch._foreach_div_(buf, [t for seg in dens for t in seg])
+        torch._foreach_mul_(buf, [t for seg in xs for t in seg])
+    return line.scratch_sums()
+
+
+def _slopes(ev: ClosureEvaluator, segs: list, dirs: list) -> torch.Tensor:
+    """``<g_f, d>`` per segment (1-d tensor on the device), ``g_f`` the gradient of the loss the
+    closure returns.
 
     Differs from the plan's ``<g, d>`` when a torch-style closure added its gradient to gradients
     accumulated before the step: the direction uses the accumulated gradient, the Armijo test the
@@ -78,9 +104,8 @@ def _slopes(ev: ClosureEvaluator, segs: list, dirs: list) -> list[float]:
         num, den = d if isinstance(d, tuple) else (d, None)
         keep = [i for i, p in enumerate(sg.params) if by_id.get(id(p)) is not None]
         gs = [by_id[id(sg.params[i])] for i in keep]
-        total = dots(gs, [num[i] for i in keep], None if den is None else [den[i] for i in keep])
-        out.append(float(total))
-    return out
+        out.append(dots(gs, [num[i] for i in keep], None if den is None else [den[i] for i in keep]))
+    return torch.stack([t.to(out[0].device) for t in out])
 
 
 class ArmijoOptimizer(AutostepOptimizer):
@@ -179,8 +204,11 @@ class ArmijoOptimizer(AutostepOptimizer):
                 stacklevel=3,
             )
 
-    def _plan(self, segs: list[Segment], need_s: bool = True) -> Plan:  # pragma: no cover - abstract
-        """Directions of the step; ``need_s=False`` may leave ``Plan.s`` empty (reused step size)."""
+    def _plan(self, segs: list[Segment], need_s: bool = True,
+              line: Optional[Line] = None) -> Plan:  # pragma: no cover - abstract
+        """Directions of the step, changing no state; ``need_s=False`` may leave ``Plan.s`` ``None``
+        (reused step size).  ``line`` (not yet saved) lends its buffer as scratch
+        (:func:`decrease_terms`); it is ``None`` when no search follows."""
         raise NotImplementedError
 
     def _smoothing(self) -> float:
@@ -236,14 +264,14 @@ class ArmijoOptimizer(AutostepOptimizer):
         if self._init_call(closure):
             return None
         ev = self._evaluator(closure)
-        loss = ev.first()
+        # forward + backward; the start loss stays on the device until the one read below
+        loss = ev.first(read=False)
         ls = self._ls
-        ls["step"] += 1
-        info: dict = {"loss": ev.loss0, "trials": 0, "searched": False, "accepted": False,
+        info: dict = {"loss": None, "trials": 0, "searched": False, "accepted": False,
                       "skipped": None}
         line: Line | None = None
         try:
-            external = self._sync_external_lr()
+            external = [g["lr"] != g["step_size"] for g in self.param_groups]
             segs = self._segments(ev)
             self._check_grads(segs)
             k_max = self._amortize()
@@ -254,22 +282,38 @@ class ArmijoOptimizer(AutostepOptimizer):
                 and since < ls["interval"]
                 and not any(external)
             )
+            if not reuse and any(sg.params for sg in segs):
+                # the buffer for w0, lent to the plan as scratch until it is saved
+                line = Line([sg.params for sg in segs], [None] * len(segs), save=False)
             # a step that reuses the step size needs no decrease terms (no search, no EMA update)
-            plan = self._plan(segs, need_s=not reuse)
-            if plan.s and ev.slope_grads is not None:
+            plan = self._plan(segs, need_s=not reuse, line=line)
+            if plan.s is not None and ev.slope_grads is not None:
                 plan.s = _slopes(ev, segs, plan.search)
-            s = ev.reduce(plan.s) if plan.s else []
-            zero = plan.zero or [si == 0.0 for si in s]
+            # the one host read before the trials: start loss and decrease terms together (a
+            # non-finite start loss undoes the first evaluation and raises; nothing changed)
+            s = ev.read_start(plan.s)
+            info["loss"] = ev.loss0
+            ls["step"] += 1
+            external = self._sync_external_lr()
             if not any(sg.params for sg in segs):
                 info["skipped"] = "no gradients"
+            elif not all(math.isfinite(si) for si in s):
+                # an inf/NaN gradient (GradScaler overflow): skip before any state changes
+                info["skipped"] = "non-finite gradient"
+                ls["skipped"] += 1
             elif reuse:
                 # amortised mode: reuse the settled step size, no trial forward
+                plan.commit()
                 self._apply_final(plan, segs, [sg.eta for sg in segs], line=None)
                 ls["since_search"] = since
                 info.update(accepted=True, reused=True)
-            elif all(zero):
+            elif all(si == 0.0 and (plan.exact_zero is None or plan.exact_zero(j))
+                     for j, si in enumerate(s)):
+                plan.commit()
                 info["skipped"] = "zero direction"
             else:
+                zero = [si == 0.0 and (plan.exact_zero is None or plan.exact_zero(j))
+                        for j, si in enumerate(s)]
                 ext = {id(g): e for g, e in zip(self.param_groups, external)}
                 etas = [
                     min(max(sg.eta, sg.group["min_lr"]), sg.group["max_lr"])
@@ -277,9 +321,11 @@ class ArmijoOptimizer(AutostepOptimizer):
                     else self._start_eta(sg.group, sg.eta, since)
                     for sg in segs
                 ]
-                line = Line([sg.params for sg in segs], plan.search)
+                line.save()
+                line.set_dirs(plan.search)
                 accepted, etas, trials, dec = self._search(ev, line, segs, etas, s, zero)
                 info.update(searched=True, trials=trials, accepted=accepted, decrease=dec)
+                plan.commit()
                 ls["searches"] += 1
                 ls["since_search"] = 0
                 for sg, eta in zip(segs, etas):

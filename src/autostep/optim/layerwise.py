@@ -131,5 +131,5 @@ class PLASLS(_AdamDirection, ArmijoOptimizer):
         return out
 
     @torch.no_grad()
-    def _plan(self, segs: list[Segment], need_s: bool = True) -> Plan:
-        return self._plan_precond(segs, need_s)
+    def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
+        return self._plan_precond(segs, need_s, line)

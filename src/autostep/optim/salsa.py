@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from . import _validate as V
-from ._adam import all_zero, dots, sq_norms
-from ._base import ArmijoOptimizer, Plan, Segment
-from .sls import _COMMON_DOC, _AdamDirection, _floats
+from ._adam import all_zero
+from ._base import ArmijoOptimizer, Plan, Segment, decrease_terms
+from .sls import _COMMON_DOC, _AdamDirection, _sq_norm_terms
 
 __all__ = ["SALSA", "ALSALS"]
 
@@ -100,11 +100,10 @@ class SALSA(_AdamDirection, _Smoothed):
         V.choice("direction", group["direction"], ("adam", "sgd"))
         self._validate_adam(group)
 
-    def _plan(self, segs: list[Segment], need_s: bool = True) -> Plan:
+    def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
         if self.param_groups[0]["direction"] == "sgd":
-            s = _floats([sq_norms(sg.grads) for sg in segs]) if need_s else []
-            return Plan(search=[sg.grads for sg in segs], s=s)
-        return self._plan_precond(segs, need_s)
+            return Plan(search=[sg.grads for sg in segs], s=_sq_norm_terms(segs) if need_s else None)
+        return self._plan_precond(segs, need_s, line)
 
 
 class ALSALS(_AdamDirection, _Smoothed):
@@ -155,18 +154,21 @@ class ALSALS(_AdamDirection, _Smoothed):
         self._validate_adam(group)
 
     @torch.no_grad()
-    def _plan(self, segs: list[Segment], need_s: bool = True) -> Plan:
-        search, s_t = [], []
-        for sg in segs:
-            ms, _, d, bc1 = self._adam(sg)
+    def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
+        moments, dens = self._moments(segs)
+        scratch = line.scratch if line is not None else None
+        search = []
+        for j, (sg, (d, mo, pos)) in enumerate(zip(segs, dens)):
             if d:
-                # d <- m / (bc1 * denom), in the denom buffer (one transient parameter copy)
+                n = len(sg.params)
+                # d <- m_k / (bc1 * denom) in the denom buffer; m_k is provisional, built in the
+                # line's scratch (or a temporary when no search follows), committed after the step
+                assert n == len(mo.ms)  # ALSALS segments are whole param groups
+                m_k = mo.m_new(scratch[j] if scratch is not None else None)
                 torch._foreach_reciprocal_(d)
-                torch._foreach_mul_(d, ms)
-                torch._foreach_div_(d, bc1)
+                torch._foreach_mul_(d, m_k)
+                torch._foreach_div_(d, mo.bc1)
             search.append(d)
-            if need_s:
-                s_t.append(dots(sg.grads, d))
-        s = _floats(s_t)
-        zero = [si == 0.0 and all_zero(d) for si, d in zip(s, search)]
-        return Plan(search=search, s=s, zero=zero)
+        s = decrease_terms(line, [sg.grads for sg in segs], search) if need_s else None
+        return Plan(search=search, s=s, moments=moments,
+                    exact_zero=lambda j: all_zero(search[j]))

@@ -5,19 +5,22 @@ from __future__ import annotations
 import torch
 
 from . import _validate as V
-from ._adam import adam_moments, dots, init_adam_state, sq_norms
-from ._base import ArmijoOptimizer, Plan, Segment
+from ._adam import AdamMoments, init_adam_state, sq_norms
+from ._base import ArmijoOptimizer, Plan, Segment, decrease_terms
 
 __all__ = ["SLS", "AdamSLS"]
 
 
-def _floats(ts: list) -> list[float]:
+def _stack(ts: list) -> torch.Tensor | None:
+    """One 1-d tensor of 0-d tensors (on the first one's device), or ``None`` for no tensors."""
     if not ts:
-        return []
-    try:
-        return torch.stack([t.to(ts[0].device) for t in ts]).tolist()
-    except RuntimeError:  # pragma: no cover - mixed devices
-        return [float(t) for t in ts]
+        return None
+    return torch.stack([t.to(ts[0].device) for t in ts])
+
+
+def _sq_norm_terms(segs: list[Segment]) -> torch.Tensor | None:
+    """``||g||^2`` per segment (the SGD direction's decrease term), left on the device."""
+    return _stack([sq_norms(sg.grads) for sg in segs])
 
 
 _COMMON_DOC = """
@@ -81,9 +84,8 @@ class SLS(ArmijoOptimizer):
                         reset_every=reset_every, max_lr=max_lr, min_lr=min_lr, max_trials=max_trials)
         super().__init__(params, defaults)
 
-    def _plan(self, segs: list[Segment], need_s: bool = True) -> Plan:
-        s = _floats([sq_norms(sg.grads) for sg in segs]) if need_s else []
-        return Plan(search=[sg.grads for sg in segs], s=s)
+    def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
+        return Plan(search=[sg.grads for sg in segs], s=_sq_norm_terms(segs) if need_s else None)
 
 
 class _AdamDirection:
@@ -101,21 +103,40 @@ class _AdamDirection:
             for p in self._params_with_grad(group):
                 init_adam_state(self.state[p], p)
 
-    def _adam(self, sg: Segment):
-        g = sg.group
-        return adam_moments(self.state, sg.params, sg.grads, tuple(g["betas"]), g["eps"])
+    def _moments(self, segs: list[Segment]) -> tuple[list, list]:
+        """Provisional Adam moments and denominators of every segment, one foreach pass per param
+        group (PLASLS's layers of a group share it).  Returns (moments per group, denom per segment)."""
+        by_group: dict[int, list[int]] = {}
+        for j, sg in enumerate(segs):
+            by_group.setdefault(id(sg.group), []).append(j)
+        moments, dens = [], [None] * len(segs)
+        for idx in by_group.values():
+            g = segs[idx[0]].group
+            mo = AdamMoments(self.state, [p for j in idx for p in segs[j].params],
+                             [t for j in idx for t in segs[j].grads], tuple(g["betas"]), g["eps"])
+            d = mo.denom()
+            pos = 0
+            for j in idx:
+                n = len(segs[j].params)
+                dens[j] = (d[pos:pos + n], mo, pos)
+                pos += n
+            moments.append(mo)
+        return moments, dens
 
-    def _plan_precond(self, segs: list[Segment], need_s: bool = True) -> Plan:
+    def _plan_precond(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
         """Search along g / denom (Adam with beta1 = 0), update along m_hat / denom."""
-        search, final, s_t, bc1s = [], [], [], []
-        for sg in segs:
-            ms, _, denom, bc1 = self._adam(sg)
-            search.append((sg.grads, denom))
-            final.append((ms, denom))
-            if need_s:
-                s_t.append(dots(sg.grads, sg.grads, denom))
-            bc1s.append(bc1)
-        return Plan(search=search, s=_floats(s_t), final=final,
+        moments, dens = self._moments(segs)
+        search, final, bc1s = [], [], []
+        for sg, (den, mo, pos) in zip(segs, dens):
+            n = len(sg.params)
+            search.append((sg.grads, den))
+            final.append((mo.ms[pos:pos + n], den))
+            bc1s.append(mo.bc1[pos:pos + n])
+        s = None
+        if need_s:
+            s = decrease_terms(line, [sg.grads for sg in segs], [sg.grads for sg in segs],
+                               [d for d, _, _ in dens])
+        return Plan(search=search, s=s, final=final, moments=moments,
                     final_scale=lambda j, eta: [eta / b for b in bc1s[j]])
 
 
@@ -161,5 +182,5 @@ class AdamSLS(_AdamDirection, ArmijoOptimizer):
         super()._validate_group(group)
         self._validate_adam(group)
 
-    def _plan(self, segs: list[Segment], need_s: bool = True) -> Plan:
-        return self._plan_precond(segs, need_s)
+    def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
+        return self._plan_precond(segs, need_s, line)
