@@ -274,6 +274,11 @@ class ArmijoOptimizer(AutostepOptimizer):
             external = [g["lr"] != g["step_size"] for g in self.param_groups]
             segs = self._segments(ev)
             self._check_grads(segs)
+            clip = self._clip_coef([g for sg in segs for g in sg.grads])
+            if clip < 1.0:  # clipped copies: .grad itself is left as the closure made it
+                for sg in segs:
+                    sg.grads = list(torch._foreach_mul(sg.grads, clip)) if sg.grads else []
+            info["clip"] = clip
             k_max = self._amortize()
             since = ls["since_search"] + 1
             reuse = (
@@ -289,6 +294,9 @@ class ArmijoOptimizer(AutostepOptimizer):
             plan = self._plan(segs, need_s=not reuse, line=line)
             if plan.s is not None and ev.slope_grads is not None:
                 plan.s = _slopes(ev, segs, plan.search)
+            elif plan.s is not None and clip < 1.0:
+                # the Armijo slope is <g, d> with the unclipped g = g_clipped / clip
+                plan.s = plan.s / clip
             # the one host read before the trials: start loss and decrease terms together (a
             # non-finite start loss undoes the first evaluation and raises; nothing changed)
             s = ev.read_start(plan.s)
@@ -304,6 +312,7 @@ class ArmijoOptimizer(AutostepOptimizer):
             elif reuse:
                 # amortised mode: reuse the settled step size, no trial forward
                 plan.commit()
+                self._decay([(sg.params, sg.group["weight_decay"], sg.eta) for sg in segs])
                 self._apply_final(plan, segs, [sg.eta for sg in segs], line=None)
                 ls["since_search"] = since
                 info.update(accepted=True, reused=True)
@@ -333,6 +342,8 @@ class ArmijoOptimizer(AutostepOptimizer):
                 if accepted:
                     if plan.final is not None:
                         self._apply_final(plan, segs, etas, line)
+                    self._decay([(sg.params, sg.group["weight_decay"], e)
+                                 for sg, e in zip(segs, etas)], line.w0)
                     self._update_amortize(etas[0], k_max)
                 else:
                     line.restore()

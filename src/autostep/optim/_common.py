@@ -25,12 +25,15 @@ Torch's state initialisation
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 from torch.optim import Optimizer
 
 from .._closure import ClosureEvaluator, model_buffers
 from ..distributed import Reducer, local
+from . import _validate as V
+from ._adam import sq_norms
 
 __all__ = ["AutostepOptimizer", "STATE_KEY"]
 
@@ -66,6 +69,7 @@ class AutostepOptimizer(Optimizer):
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         self._validate_group(group)
+        self._validate_standard(group)
         first = self.param_groups[0]
         for key in self._shared:
             if group[key] != first[key]:
@@ -77,6 +81,53 @@ class AutostepOptimizer(Optimizer):
 
     def _validate_group(self, group: dict) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def _validate_standard(self, group: dict) -> None:
+        """``weight_decay`` (per group) and ``max_grad_norm`` (one value for all groups)."""
+        group.setdefault("weight_decay", 0.0)
+        group.setdefault("max_grad_norm", None)
+        V.nonnegative("weight_decay", group["weight_decay"])
+        if group["max_grad_norm"] is not None:
+            V.positive("max_grad_norm", group["max_grad_norm"])
+        first = self.param_groups[0]
+        if group is not first and group["max_grad_norm"] != first.get("max_grad_norm"):
+            raise ValueError(
+                "max_grad_norm must be the same in every param group (the norm is taken over all "
+                f"parameters, as torch.nn.utils.clip_grad_norm_ does); got "
+                f"{first.get('max_grad_norm')!r} and {group['max_grad_norm']!r}"
+            )
+
+    # ------------------------------------------------------------------ clipping and weight decay
+    def _clip_coef(self, grads: list) -> float:
+        """``max_grad_norm / ||g||`` when the total gradient norm exceeds ``max_grad_norm``, else 1.
+
+        The norm is taken over every gradient of the step (all groups), as
+        ``torch.nn.utils.clip_grad_norm_`` does; a non-finite norm is left to the step's own checks.
+        """
+        mx = self.param_groups[0].get("max_grad_norm")
+        if mx is None or not grads:
+            return 1.0
+        norm = math.sqrt(float(sq_norms([local(g) for g in grads])))
+        if not math.isfinite(norm) or norm <= mx:
+            return 1.0
+        return mx / (norm + 1e-6)
+
+    @torch.no_grad()
+    def _decay(self, params_per_seg: list, w0s: list | None = None) -> None:
+        """Decoupled weight decay, as AdamW: ``w <- w - lr * weight_decay * w0`` per segment.
+
+        ``params_per_seg``: ``(params, weight_decay, lr)`` per segment (group or layer).
+
+        ``w0s`` are the start points (the step has already been applied); without them the
+        parameters are at the start point and are scaled by ``1 - lr * weight_decay``.
+        """
+        for j, (ps, wd, lr) in enumerate(params_per_seg):
+            if not wd or not ps or not lr:
+                continue
+            if w0s is None:
+                torch._foreach_mul_(ps, 1.0 - lr * wd)
+            else:
+                torch._foreach_add_(ps, w0s[j], alpha=-lr * wd)
 
     def _group_added(self, group: dict) -> None:
         """Hook after a group was added and validated (also after ``load_state_dict``)."""

@@ -119,7 +119,8 @@ class LABPAL(_LineOptimizer):
                  reuse_steps: int = 1000, sample_step: float = 0.01, max_step: float = 1.0,
                  momentum: float = 0.0, total_steps: Optional[int] = None,
                  noise_factor: Optional[float] = None, dataset_size: Optional[int] = None,
-                 batch_size: Optional[int] = None, lr: float = 0.0):
+                 batch_size: Optional[int] = None, lr: float = 0.0,
+                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
         if noise_factor is not None and (dataset_size is not None or batch_size is not None):
             raise ValueError("give either noise_factor or dataset_size and batch_size, not both")
         if (dataset_size is None) != (batch_size is None):
@@ -135,6 +136,7 @@ class LABPAL(_LineOptimizer):
         defaults = dict(lr=lr, mode=mode, alpha=alpha, approx_batches=approx_batches,
                         reuse_steps=reuse_steps, sample_step=sample_step, max_step=max_step,
                         momentum=momentum, total_steps=total_steps, noise_factor=noise_factor)
+        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
         ls = {
             "step": 0, "forwards": 0, "backwards": 0, "trials": 0, "updates": 0,
             "estimates": 0, "failed_fits": 0,
@@ -258,6 +260,23 @@ class LABPAL(_LineOptimizer):
                 dirs.append(bufs)
         return dirs
 
+    def _clip_swap(self):
+        """``max_grad_norm``: put clipped copies into ``.grad`` for this call (undone by _unswap)."""
+        ps = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        clip = self._clip_coef([p.grad for p in ps])
+        if clip >= 1.0:
+            return None
+        orig = [p.grad for p in ps]
+        for p, g in zip(ps, torch._foreach_mul(orig, clip)):
+            p.grad = g
+        return ps, orig
+
+    @staticmethod
+    def _unswap(swapped) -> None:
+        if swapped is not None:
+            for p, g in zip(*swapped):
+                p.grad = g
+
     def _set_lr(self, lr: float) -> None:
         for group in self.param_groups:
             group["lr"] = lr
@@ -280,17 +299,21 @@ class LABPAL(_LineOptimizer):
             k = self.batch_multiplier() if start else ls["k"]
             measuring = not start and ls["pos"] >= k
             loss = ev.measure() if measuring else ev.first()
+            swapped = None if measuring else self._clip_swap()
             try:
                 info = self._approx_call(ev, start, k)
             finally:
+                self._unswap(swapped)
                 ev.finish()
         else:
             start = ls["pos"] == 0
             k = self.batch_multiplier() if start else ls["k"]
             loss = ev.first()
+            swapped = self._clip_swap()
             try:
                 info = self._train_call(start, k)
             finally:
+                self._unswap(swapped)
                 ev.finish()
         ls["step"] += 1
         ls["forwards"] += ev.forwards
@@ -440,6 +463,7 @@ class LABPAL(_LineOptimizer):
             lr = ls["est_step"] / norm if norm > 0 and math.isfinite(norm) else 0.0
             length = ls["est_step"] if lr > 0 else 0.0
         if lr > 0:
+            self._decay([(ps, g["weight_decay"], lr) for g, ps in zip(self.param_groups, members)])
             for ps, d in zip(members, dirs):
                 if ps:
                     torch._foreach_add_(ps, d, alpha=-lr)

@@ -97,9 +97,11 @@ class PAL(_LineOptimizer):
     _shared = ("measuring_step", "alpha", "max_step")
 
     def __init__(self, params, measuring_step: float = 0.1, alpha: float = 1.66,
-                 max_step: float = 3.16, momentum: float = 0.0, lr: float = 0.0):
+                 max_step: float = 3.16, momentum: float = 0.0, lr: float = 0.0,
+                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
         defaults = dict(lr=lr, measuring_step=measuring_step, alpha=alpha, max_step=max_step,
                         momentum=momentum)
+        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
         ls = {"step": 0, "forwards": 0, "backwards": 0, "trials": 0, "skipped": 0,
               "step_size": 0.0}
         super().__init__(params, defaults, ls)
@@ -138,9 +140,12 @@ class PAL(_LineOptimizer):
         mu, alpha, s_max = first["measuring_step"], first["alpha"], first["max_step"]
         params = self._with_grad()
         grads = [[p.grad for p in ps] for ps in params]
+        clip = self._clip_coef([g for gs in grads for g in gs])
+        if clip < 1.0:  # clipped copies; .grad stays as the closure left it
+            grads = [list(torch._foreach_mul(gs, clip)) if gs else [] for gs in grads]
         line: Line | None = None
         new_bufs: list = []
-        info: dict = {"loss": ev.loss0, "trials": 0}
+        info: dict = {"loss": ev.loss0, "trials": 0, "clip": clip}
         try:
             dirs = []
             for group, ps, gs in zip(self.param_groups, params, grads):
@@ -158,12 +163,14 @@ class PAL(_LineOptimizer):
             if not params or not any(params) or not (norm > 0 and math.isfinite(norm)):
                 s_upd, case, a, slope, f_mu = 0.0, "zero direction", math.nan, 0.0, math.nan
             else:
-                sgrads = grads
+                sgrads, unclip = grads, clip
                 if ev.slope_grads is not None:  # torch-style closure adding to accumulated grads
                     by_id = {id(p): g for p, g in zip(ev.params, ev.slope_grads)}
                     sgrads = [[by_id.get(id(p)) if by_id.get(id(p)) is not None else torch.zeros_like(p)
                                for p in ps] for ps in params]
-                slope = -float(sum(float(dots(gs, d)) for gs, d in zip(sgrads, dirs))) / norm
+                    unclip = 1.0
+                # the slope is <g, d> with the unclipped gradient g = g_clipped / clip
+                slope = -float(sum(float(dots(gs, d)) for gs, d in zip(sgrads, dirs))) / norm / unclip
                 line = Line(params, dirs)
                 line.move([mu / norm] * len(params))
                 f_mu = ev.trial()
@@ -171,6 +178,8 @@ class PAL(_LineOptimizer):
                 s_upd, case, a = P.pal_step(ev.loss0, f_mu, slope, mu, alpha, s_max)
                 if s_upd > 0:
                     line.move([s_upd / norm] * len(params))
+                    self._decay([(ps, g["weight_decay"], s_upd / norm)
+                                 for g, ps in zip(self.param_groups, params)], line.w0)
                 else:
                     line.restore()
         except BaseException:

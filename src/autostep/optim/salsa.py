@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from . import _validate as V
@@ -88,11 +90,13 @@ class SALSA(_AdamDirection, _Smoothed):
                  direction: str = "adam", backtrack: float = 0.9, growth_steps: float = 500,
                  reset: str = "growth", reset_every: int = 300, max_lr: float = 1.0,
                  min_lr: float = 1e-10, max_trials: int = 50, betas: tuple = (0.9, 0.999),
-                 eps: float = 1e-8, amortize: int = 0):
+                 eps: float = 1e-8, amortize: int = 0,
+                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
         defaults = dict(lr=lr, c=c, smooth=smooth, direction=direction, backtrack=backtrack,
                         growth_steps=growth_steps, reset=reset, reset_every=reset_every,
                         max_lr=max_lr, min_lr=min_lr, max_trials=max_trials, betas=betas,
                         eps=eps, amortize=amortize)
+        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults)
 
     def _validate_group(self, group: dict) -> None:
@@ -143,10 +147,12 @@ class ALSALS(_AdamDirection, _Smoothed):
                  backtrack: float = 0.9, growth_steps: float = 500, reset: str = "growth",
                  reset_every: int = 300, max_lr: float = 1.0, min_lr: float = 1e-10,
                  max_trials: int = 50, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
-                 amortize: int = 0):
+                 amortize: int = 0,
+                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
         defaults = dict(lr=lr, c=c, smooth=smooth, backtrack=backtrack, growth_steps=growth_steps,
                         reset=reset, reset_every=reset_every, max_lr=max_lr, min_lr=min_lr,
                         max_trials=max_trials, betas=betas, eps=eps, amortize=amortize)
+        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults)
 
     def _validate_group(self, group: dict) -> None:

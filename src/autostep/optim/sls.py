@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from . import _validate as V
@@ -79,9 +81,11 @@ class SLS(ArmijoOptimizer):
 
     def __init__(self, params, lr: float = 1.0, c: float = 0.1, backtrack: float = 0.9,
                  growth_steps: float = 500, reset: str = "growth", reset_every: int = 300,
-                 max_lr: float = 10.0, min_lr: float = 1e-10, max_trials: int = 50):
+                 max_lr: float = 10.0, min_lr: float = 1e-10, max_trials: int = 50,
+                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
         defaults = dict(lr=lr, c=c, backtrack=backtrack, growth_steps=growth_steps, reset=reset,
                         reset_every=reset_every, max_lr=max_lr, min_lr=min_lr, max_trials=max_trials)
+        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults)
 
     def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
@@ -172,10 +176,12 @@ class AdamSLS(_AdamDirection, ArmijoOptimizer):
     def __init__(self, params, lr: float = 0.1, c: float = 0.1, backtrack: float = 0.9,
                  growth_steps: float = 500, reset: str = "growth", reset_every: int = 300,
                  max_lr: float = 1.0, min_lr: float = 1e-10, max_trials: int = 50,
-                 betas: tuple = (0.9, 0.999), eps: float = 1e-8):
+                 betas: tuple = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
         defaults = dict(lr=lr, c=c, backtrack=backtrack, growth_steps=growth_steps, reset=reset,
                         reset_every=reset_every, max_lr=max_lr, min_lr=min_lr,
                         max_trials=max_trials, betas=betas, eps=eps)
+        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
         super().__init__(params, defaults)
 
     def _validate_group(self, group: dict) -> None:

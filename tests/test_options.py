@@ -1,0 +1,121 @@
+"""Standard options on every line-search optimizer: decoupled ``weight_decay`` and ``max_grad_norm``
+(issue 10 item 3)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import autostep
+from autostep.optim.labpal import LABPAL
+from autostep.optim.pal import PAL
+
+ONE_STEP = {
+    "SLS": autostep.SLS, "AdamSLS": autostep.AdamSLS, "SALSA": autostep.SALSA,
+    "ALSALS": autostep.ALSALS, "PLASLS": autostep.PLASLS, "PAL": PAL,
+}
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 2))
+
+
+def _closure(model, x, y):
+    return lambda: nn.functional.mse_loss(model(x), y)
+
+
+X, Y = torch.randn(32, 6, generator=torch.Generator().manual_seed(1)), torch.randn(32, 2)
+
+
+@pytest.mark.parametrize("name", sorted(ONE_STEP))
+def test_weight_decay_is_decoupled_and_outside_the_search(name):
+    m0, m1 = _model(), _model()
+    w0 = [p.detach().clone() for p in m0.parameters()]
+    o0 = ONE_STEP[name](m0.parameters())
+    o1 = ONE_STEP[name](m1.parameters(), weight_decay=0.1)
+    for _ in range(2):  # the second step starts from decayed weights: compare step by step
+        m1.load_state_dict(m0.state_dict())
+        w0 = [p.detach().clone() for p in m0.parameters()]
+        st = copy.deepcopy(o0.state_dict())
+        st["param_groups"][0]["weight_decay"] = 0.1
+        o1.load_state_dict(st)
+        o0.step(_closure(m0, X, Y))
+        o1.step(_closure(m1, X, Y))
+        lr = o0.param_groups[0]["lr"]
+        assert lr > 0 and o1.param_groups[0]["lr"] == lr  # same search: decay is not in the test
+        for a, b, w in zip(m0.parameters(), m1.parameters(), w0):
+            assert torch.allclose(b, a - lr * 0.1 * w, atol=1e-6)
+
+
+def test_weight_decay_key_in_a_group_is_used():
+    m0, m1 = _model(), _model()
+    o0 = autostep.SALSA(m0.parameters(), weight_decay=0.05)
+    o1 = autostep.SALSA([{"params": list(m1.parameters()), "weight_decay": 0.05}])
+    for _ in range(3):
+        o0.step(_closure(m0, X, Y))
+        o1.step(_closure(m1, X, Y))
+    assert all(torch.equal(a, b) for a, b in zip(m0.parameters(), m1.parameters()))
+    m2 = _model()
+    o2 = autostep.SALSA(m2.parameters())
+    for _ in range(3):
+        o2.step(_closure(m2, X, Y))
+    assert not all(torch.equal(a, b) for a, b in zip(m0.parameters(), m2.parameters()))
+
+
+def test_labpal_weight_decay():
+    m0, m1 = _model(), _model()
+    o0 = LABPAL(m0.parameters(), approx_batches=1, reuse_steps=5)
+    o1 = LABPAL(m1.parameters(), approx_batches=1, reuse_steps=5, weight_decay=0.2)
+    o0.step(_closure(m0, X, Y))
+    o1.step(_closure(m1, X, Y))  # approximation call: no update
+    w0 = [p.detach().clone() for p in m1.parameters()]
+    o1.step(_closure(m1, X, Y))
+    lr = o1.param_groups[0]["lr"]
+    assert lr > 0
+    for p, w in zip(m1.parameters(), w0):
+        assert torch.allclose(p, w * (1 - lr * 0.2) - lr * p.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(ONE_STEP))
+def test_bad_weight_decay_and_max_grad_norm_raise(name):
+    ps = list(_model().parameters())
+    with pytest.raises(ValueError, match="weight_decay"):
+        ONE_STEP[name](ps, weight_decay=-0.1)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        ONE_STEP[name](ps, max_grad_norm=0.0)
+    with pytest.raises(ValueError, match="max_grad_norm must be the same"):
+        ONE_STEP[name]([{"params": ps[:2], "max_grad_norm": 1.0}, {"params": ps[2:]}],
+                       max_grad_norm=2.0)
+
+
+def test_max_grad_norm_clips_the_direction_and_keeps_grad():
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(10) * 5)
+    opt = autostep.SLS([w], lr=1.0, max_grad_norm=0.5)
+    w0 = w.detach().clone()
+    opt.step(lambda: 0.5 * (w ** 2).sum())
+    g = w0.clone()  # gradient of 0.5 ||w||^2 at w0
+    assert torch.equal(w.grad, g)  # .grad itself is not clipped
+    eta = opt.param_groups[0]["lr"]
+    step = w0 - w.detach()
+    assert torch.allclose(step, eta * 0.5 * g / g.norm(), atol=1e-5)
+    assert opt.last_step["clip"] == pytest.approx(0.5 / float(g.norm()), rel=1e-5)
+    # the Armijo test uses the slope of the true gradient along the clipped direction:
+    # f(w0) - f(w) >= c * eta * <g, d> with d = clip * g
+    dec = float(0.5 * (w0 ** 2).sum() - 0.5 * (w.detach() ** 2).sum())
+    assert dec >= 0.1 * eta * 0.5 * float(g.norm()) - 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(ONE_STEP))
+def test_max_grad_norm_large_changes_nothing_small_changes_the_step(name):
+    runs = {}
+    for mx in (None, 1e9, 1e-3):
+        m = _model()
+        o = ONE_STEP[name](m.parameters(), max_grad_norm=mx)
+        for _ in range(3):
+            o.step(_closure(m, X, Y))
+        runs[mx] = [p.detach().clone() for p in m.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(runs[None], runs[1e9]))
+    assert not all(torch.equal(a, b) for a, b in zip(runs[None], runs[1e-3]))
