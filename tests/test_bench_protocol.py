@@ -85,6 +85,16 @@ def test_fair_peers_train(name):
     assert res["curve"][-1][1] < first
 
 
+def test_an_optimizer_without_lr_in_its_groups_still_runs():
+    """The published SaLSa keeps no "lr" in param_groups; the shared Stepper must not require one."""
+    spec = registry.get("SaLSa-published")
+    if not spec.is_available():
+        pytest.skip(spec.missing_reason())
+    res = run_one(RunConfig("quadratic", "SaLSa-published", 0, 20))
+    assert res["status"] == "ok", res.get("reason")
+    assert math.isfinite(res["final_lr"])
+
+
 def test_schedule_free_algoperf_settings():
     spec = registry.get("ScheduleFree-AdamW-AlgoPerf")
     if not spec.is_available():

@@ -17,7 +17,9 @@ Kinds
                   selection's training steps in the method's budget.
     ``tuned``     a torch optimizer with a warm-up + decay schedule whose peak rate is tuned on a grid.
 
-Options the benchmark runner reads: ``warmup`` (schedule warm-up fraction), ``closure_style``,
+A method that spends training steps on its own scale search (rather than the run's steps) exposes
+that count as an integer attribute ``search_steps`` on the optimizer; the benchmark adds it to the
+row's search and compute.  Options the benchmark runner reads: ``warmup`` (schedule warm-up fraction), ``closure_style``,
 ``step_with_loss`` (``step(loss=...)`` after ``backward``, as MoMo takes it), ``probe_data``,
 ``selector``.
 """

@@ -18,6 +18,7 @@ search, at most 10%: :data:`SEARCH_FRACTION`), on one torch thread, and returns 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -299,17 +300,18 @@ class Stepper:
                    "batch_size": task.batch_size, "model": model, "loss_fn": loss_fn}
         if spec.options.get("probe_data"):  # methods that evaluate losses beyond the training batch
             context["probe_data"] = task.probe_batches(int(spec.options["probe_data"]), seed)
-        if spec.kind == "wrapper":
-            context.update(probe_data=task.probe_batches(100, seed),
-                           autolr_defaults={"total_steps": train_steps})
-            opt = spec.build(self.params, context)
-        elif spec.kind in ("tuned", "selector"):
-            opt = spec.build(self.params, context, lr=peak_lr)
-        else:
-            opt = spec.build(self.params, context)
+        with contextlib.redirect_stdout(io.StringIO()):  # some peers print banners when built
+            if spec.kind == "wrapper":
+                context.update(probe_data=task.probe_batches(100, seed),
+                               autolr_defaults={"total_steps": train_steps})
+                opt = spec.build(self.params, context)
+            elif spec.kind in ("tuned", "selector"):
+                opt = spec.build(self.params, context, lr=peak_lr)
+            else:
+                opt = spec.build(self.params, context)
         self.opt = opt
         self.inner = getattr(opt, "optimizer", opt)
-        self.base_lrs = [g["lr"] for g in self.inner.param_groups]
+        self.base_lrs = [g.get("lr") for g in self.inner.param_groups]  # the published SaLSa has none
         self.train_steps = train_steps
         self.warmup = warmup_steps(spec, train_steps)
         if spec.train_eval_modes:
@@ -318,7 +320,7 @@ class Stepper:
     def step(self, t: int, batch) -> float:
         """Step ``t`` of the run on ``batch``; returns the batch loss (NaN for a non-finite start)."""
         spec, opt, model, loss_fn = self.spec, self.opt, self.task.model, self.task.loss_fn
-        if spec.schedule is not None:
+        if spec.schedule is not None and None not in self.base_lrs:
             f = schedule_factor(spec.schedule, t, self.train_steps, self.warmup)
             for g, base in zip(self.inner.param_groups, self.base_lrs):
                 g["lr"] = base * f
