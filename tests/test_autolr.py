@@ -217,7 +217,7 @@ def test_direction_respects_group_ratios():
     o = torch.optim.SGD([{"params": layers[0].parameters(), "lr": 0.2},
                          {"params": layers[1].parameters(), "lr": 0.05}], lr=0.2)
     a = AutoLR(o, p.model, p.loss_fn, p.batch_list(4), recompute_every=10, superbatch=2)
-    assert a._ratios == [1.0, 0.25]
+    assert a._rates.ratios == [1.0, 0.25]
     b = next(iter(p.batches(1)))
     p.loss_fn(p.model, b).backward()
     params = a._params()
@@ -225,7 +225,7 @@ def test_direction_respects_group_ratios():
     grads = [q.grad for q in params]
     assert torch.allclose(d[0], grads[0], atol=1e-6) and torch.allclose(d[-1], 0.25 * grads[-1],
                                                                          atol=1e-6)
-    a._set_lr(0.4)
+    a._set_rate(0.4)
     assert o.param_groups[1]["lr"] == pytest.approx(0.1)
 
 
@@ -322,7 +322,7 @@ def test_state_dict_round_trip_continues_identically(name, save_at):
     torch.save({"model": p2.model.state_dict(), "autolr": a2.state_dict()}, buf)
     buf.seek(0)
     ck = torch.load(buf, weights_only=False)
-    assert "autolr" in ck["autolr"] and "state" in ck["autolr"]
+    assert set(ck["autolr"]) == {"state", "param_groups"}
 
     p3, o3, a3 = make(name, seed=5, **kw)   # different init: everything must come from the dict
     p3.model.load_state_dict(ck["model"])
@@ -336,7 +336,8 @@ def test_state_dict_round_trip_continues_identically(name, save_at):
 
 def test_delegation():
     p, o, a = make("momentum")
-    assert a.param_groups is o.param_groups and a.state is o.state and a.defaults is o.defaults
+    assert isinstance(a, torch.optim.Optimizer) and a.state is o.state
+    assert [g["params"] for g in a.param_groups] == [g["params"] for g in o.param_groups]
     train(p, a, 3)
     assert all(q.grad is None for q in p.model.parameters())
     b = next(iter(p.batches(1)))
@@ -344,13 +345,15 @@ def test_delegation():
     a.zero_grad(set_to_none=False)
     assert all(torch.count_nonzero(q.grad) == 0 for q in p.model.parameters())
     extra = nn.Parameter(torch.zeros(3))
-    a._set_lr(0.2)
+    a._set_rate(0.2)
     a.add_param_group({"params": [extra], "lr": 0.05})
-    assert a._ratios[-1] == pytest.approx(0.25)
-    a._set_lr(0.4)
+    assert a._rates.ratios[-1] == pytest.approx(0.25)
+    a._set_rate(0.4)
     assert o.param_groups[-1]["lr"] == pytest.approx(0.1)
     sd = a.state_dict()
-    assert "autolr" in sd and sd["param_groups"] == o.state_dict()["param_groups"]
+    assert set(sd) == {"state", "param_groups"} and "autolr" in sd["param_groups"][0]
+    assert [g["wrapped"] for g in sd["param_groups"]] == [
+        {k: v for k, v in g.items() if k != "params"} for g in o.state_dict()["param_groups"]]
     o2 = torch.optim.SGD(p.model.parameters(), lr=0.1, momentum=0.9)
     o2.add_param_group({"params": [extra], "lr": 0.05})
     p.model.zero_grad()
@@ -425,13 +428,6 @@ def test_closure_and_iterable_probe_data():
         out = a.step(closure)
         assert isinstance(out, torch.Tensor)
     assert a.recomputes == 2 and len(a._schedule.sb) == 30 and len(a._schedule.rate_sb) == 30
-    gen = (b for b in p.batch_list(3))
-    with pytest.raises(ValueError, match="ran out"):
-        a2 = AutoLR(torch.optim.SGD(p.model.parameters(), lr=0.1), p.model, p.loss_fn, gen,
-                    superbatch=5)
-        b = p.batch_list(1)[0]
-        p.loss_fn(p.model, b).backward()
-        a2.step()
 
 
 @pytest.mark.parametrize("kw,exc,match", [
@@ -529,3 +525,292 @@ def test_ranks_take_the_same_decisions(tmp_path):
     mp.spawn(_dist_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "h")), nprocs=2)
     h0, h1 = (torch.load(f"{tmp_path / 'h'}.{r}") for r in (0, 1))
     assert len(h0) >= 2 and h0 == h1
+
+
+# ------------------------------------------------------------------------------------ faults (issue 11 item 7)
+class Flaky:
+    """A loss_fn that raises on chosen calls made under no_grad (AutoLR's own evaluations)."""
+
+    def __init__(self, loss_fn, fail_calls):
+        self.loss_fn, self.fail, self.calls = loss_fn, set(fail_calls), 0
+
+    def __call__(self, model, batch):
+        if not torch.is_grad_enabled():
+            self.calls += 1
+            if self.calls in self.fail:
+                raise RuntimeError("injected fault")
+        return self.loss_fn(model, batch)
+
+
+def run_with_retries(fail_calls, steps=45, name="momentum", **kw):
+    """Train ``steps`` steps; a step that raises is retried with the same gradient."""
+    p = digits_mlp(0, hidden=(16,))
+    o = OPTS[name](p.model.parameters())
+    loss_fn = Flaky(p.loss_fn, fail_calls)
+    a = AutoLR(o, p.model, loss_fn, p.batch_list(20, seed=7), recompute_every=10, superbatch=2,
+               explore_steps=30, saturation_threshold=2.0, **kw)
+    failures = 0
+    for b in p.batches(steps, seed=1):
+        p.loss_fn(p.model, b).backward()
+        while True:
+            before = (params_of(p.model), copy.deepcopy(o.state_dict()), a.steps, len(a.history))
+            try:
+                a.step()
+                break
+            except RuntimeError as e:
+                assert "injected fault" in str(e)
+                failures += 1
+                after = (params_of(p.model), o.state_dict(), a.steps, len(a.history))
+                assert same(after[0], before[0]) and same_state(after[1], before[1])
+                assert after[2:] == before[2:]
+        a.zero_grad()
+    return p, a, failures
+
+
+@pytest.mark.parametrize("fail_calls", [[1], [1, 2], [4], [5, 9]],
+                         ids=["first-eval", "first-eval-twice", "check", "probes"])
+def test_exception_in_a_step_leaves_autolr_as_it_was(fail_calls):
+    """Before: _rate_sb was set before the first evaluation failed, and from step 5 on every step
+    raised 'NoneType - float'.  Now a failed step changes nothing and the run, retried, equals the
+    uninterrupted one bit for bit."""
+    p0, a0, n0 = run_with_retries([])
+    p1, a1, n1 = run_with_retries(fail_calls)
+    assert n0 == 0 and n1 == len(fail_calls)
+    assert same(params_of(p1.model), params_of(p0.model))
+    assert repr(a1.history) == repr(a0.history) and a1.recomputes == a0.recomputes >= 2
+    assert a1.probe_forwards == a0.probe_forwards
+
+
+def test_failed_step_with_iterable_probe_data_serves_the_same_batches_again():
+    p = digits_mlp(0, hidden=(16,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*p.train), batch_size=64)
+    runs = []
+    for fail in ([], [1]):
+        model = digits_mlp(0, hidden=(16,)).model
+        a = AutoLR(torch.optim.SGD(model.parameters(), lr=0.1), model, Flaky(p.loss_fn, fail),
+                   loader, recompute_every=5, superbatch=3)
+        for b in p.batches(12, seed=1):
+            p.loss_fn(model, b).backward()
+            try:
+                a.step()
+            except RuntimeError:
+                a.step()
+            a.zero_grad()
+        runs.append((params_of(model), repr(a.history)))
+    assert same(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+
+
+def test_foreign_optimizer_is_refused():
+    p, q = digits_mlp(0, hidden=(8,)), digits_mlp(1, hidden=(8,))
+    foreign = torch.optim.SGD(q.model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="none of the optimizer's 4 parameters is a parameter of "
+                                         "the model"):
+        AutoLR(foreign, p.model, p.loss_fn, p.batch_list(2))
+    extra = nn.Parameter(torch.zeros(3))
+    mixed = torch.optim.SGD(list(p.model.parameters()) + [extra], lr=0.1)
+    with pytest.warns(UserWarning, match=r"1 of the optimizer's 5 parameters \(shapes \[\(3,\)\]"):
+        AutoLR(mixed, p.model, p.loss_fn, p.batch_list(2))
+
+
+def test_nan_batch_in_the_superbatch_is_skipped_with_a_warning():
+    """Before: one NaN batch made every superbatch loss NaN and froze the rate for the whole run."""
+    p = digits_mlp(0, hidden=(16,))
+    good = p.batch_list(3, seed=7)
+    bad = (torch.full_like(good[0][0], math.nan), good[0][1])
+    o = torch.optim.SGD(p.model.parameters(), lr=0.1)
+    a = AutoLR(o, p.model, p.loss_fn, good + [bad], recompute_every=10, superbatch=4,
+               explore_steps=100, rollback=False)   # superbatch 4 of 4: the NaN batch is in each
+    with pytest.warns(RuntimeWarning, match=r"1 of 4 probe mini-batches gave a non-finite loss"):
+        train(p, a, 41)
+    rec = [h for h in a.history if h["event"] == "recompute"]
+    assert len(rec) == 4 and all(math.isfinite(h["loss"]) for h in rec)
+    assert all(all(math.isfinite(v) for v in h["losses"]) for h in rec)
+    assert a.lr > 0.1   # the rate moved: it is not frozen
+
+
+def test_all_nan_probe_data_still_leaves_the_rate_unchanged():
+    p = digits_mlp(0, hidden=(8,))
+    b = p.batch_list(1)[0]
+    bad = (torch.full_like(b[0], math.nan), b[1])
+    a = AutoLR(torch.optim.SGD(p.model.parameters(), lr=0.1), p.model, p.loss_fn, [bad, bad],
+               recompute_every=5, superbatch=2, rollback=False)
+    train(p, a, 11)
+    assert a.lr == 0.1 and all("not positive and finite" in h["note"] for h in a.history)
+
+
+def test_empty_or_one_shot_probe_data_refused_at_construction():
+    p = digits_mlp(0, hidden=(8,))
+    o = torch.optim.SGD(p.model.parameters(), lr=0.1)
+    empty = torch.utils.data.TensorDataset(torch.zeros(0, 64), torch.zeros(0, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"probe_data \(DataLoader\) has no mini-batches"):
+        AutoLR(o, p.model, p.loss_fn, torch.utils.data.DataLoader(empty, batch_size=8))
+    small = torch.utils.data.TensorDataset(*[t[:5] for t in p.train])
+    with pytest.raises(ValueError, match="drop_last=True"):
+        AutoLR(o, p.model, p.loss_fn,
+               torch.utils.data.DataLoader(small, batch_size=8, drop_last=True))
+    with pytest.raises(TypeError, match=r"one-shot iterator \(generator\)"):
+        AutoLR(o, p.model, p.loss_fn, (b for b in p.batch_list(3)))
+    with pytest.raises(TypeError, match="one-shot iterator"):
+        AutoLR(o, p.model, p.loss_fn, iter(p.batch_list(3)))
+
+
+def test_empty_iterable_without_length_fails_clearly_and_changes_nothing():
+    class Nothing:
+        def __iter__(self):
+            return iter(())
+
+    p = digits_mlp(0, hidden=(8,))
+    o = torch.optim.SGD(p.model.parameters(), lr=0.1)
+    a = AutoLR(o, p.model, p.loss_fn, Nothing(), superbatch=2)
+    p.loss_fn(p.model, p.batch_list(1)[0]).backward()
+    before = params_of(p.model)
+    with pytest.raises(ValueError, match=r"probe_data \(Nothing\) yielded no mini-batch"):
+        a.step()
+    assert a.steps == 0 and a._schedule.rate_sb is None and same(params_of(p.model), before)
+
+
+# ------------------------------------------------------------------------------------ torch.optim surface
+def test_is_an_optimizer_that_deepcopies_and_pickles():
+    p, o, a = make("momentum", explore_steps=30)
+    train(p, a, 12)
+    a2 = copy.deepcopy(a)
+    assert isinstance(a2, torch.optim.Optimizer) and a2._schedule._rate.__self__ is a2
+    assert a2.optimizer is not a.optimizer and a2.steps == 12
+    buf = io.BytesIO()
+    torch.save(a, buf)   # the whole object pickles (what multiprocessing does)
+    hooks = []
+    a.register_step_pre_hook(lambda opt, args, kw: hooks.append(opt.steps))
+    train(p, a, 2, start=12)
+    assert hooks == [12, 13]
+
+
+def lr_in_use(o):
+    """Record the wrapped optimizer's group-0 lr at every real update."""
+    seen = []
+    o.register_step_pre_hook(lambda opt, args, kw: seen.append(opt.param_groups[0]["lr"]))
+    return seen
+
+
+def test_scheduler_on_autolr_multiplies_its_rate():
+    p, o, a = make("momentum", explore_steps=40)
+    seen = lr_in_use(o)
+    f = lambda t: 1.0 / (1 + 0.1 * t)   # noqa: E731
+    sched = torch.optim.lr_scheduler.LambdaLR(a, f)
+    rates = []
+    for t, b in enumerate(p.batches(50, seed=1)):
+        p.loss_fn(p.model, b).backward()
+        a.step()
+        rates.append((a.lr, f(t)))
+        a.zero_grad()
+        sched.step()
+    # AutoLR's direction probes run a step at unit rate too: keep the real updates only
+    real = [v for v in seen if v != 1.0]
+    assert len(real) == 50 and a.recomputes >= 3 and len({r for r, _ in rates}) >= 3
+    for v, (eta, m) in zip(real, rates):
+        assert v == pytest.approx(eta * m, rel=1e-12)
+    assert sched.get_last_lr() == [0.1 * f(50)]   # the scheduler sees its own values
+
+
+def test_constant_scheduler_on_autolr_changes_nothing():
+    """HF's 'constant' schedule is LambdaLR(opt, lambda _: 1): bit-identical to no scheduler."""
+    runs = []
+    for with_sched in (False, True):
+        p, o, a = make("momentum", explore_steps=30, saturation_threshold=2.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(a, lambda t: 1.0) if with_sched else None
+        for b in p.batches(60, seed=1):
+            p.loss_fn(p.model, b).backward()
+            a.step()
+            a.zero_grad()
+            if sched is not None:
+                sched.step()
+        runs.append((params_of(p.model), repr(a.history)))
+    assert same(runs[0][0], runs[1][0]) and runs[0][1] == runs[1][1]
+
+
+def test_scheduler_on_the_wrapped_optimizer_is_refused_before_it_overrides():
+    """Before: LambdaLR(inner, lambda t: 1.0) silently reset every AutoLR decision."""
+    from autostep.autolr.rates import ForeignRateError
+    p, o, a = make("momentum", explore_steps=40)
+    sched = torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1.0)
+    with pytest.raises(ForeignRateError, match=r"param group 0 is 0.1, but AutoLR set it to .*"
+                                               r"LambdaLR\(autolr, f\)"):
+        for b in p.batches(30, seed=1):
+            p.loss_fn(p.model, b).backward()
+            before = (params_of(p.model), a.steps)
+            a.step()
+            a.zero_grad()
+            sched.step()
+    assert a.steps == 11 and a.lr != 0.1            # AutoLR changed the rate at step 10
+    assert same(params_of(p.model), before[0]) and a.steps == before[1]   # the refused step did nothing
+
+
+def test_state_dict_has_only_torch_keys_and_resumes_a_scheduler():
+    kw = dict(explore_steps=30, saturation_threshold=3.0)
+    f = lambda t: 0.99 ** t   # noqa: E731
+
+    def run(p, a, sched, start, stop):
+        for t, b in enumerate(p.batches(stop, seed=1)):
+            if t < start:
+                continue
+            p.loss_fn(p.model, b).backward()
+            a.step()
+            a.zero_grad()
+            sched.step()
+
+    p1, o1, a1 = make("momentum", **kw)
+    s1 = torch.optim.lr_scheduler.LambdaLR(a1, f)
+    run(p1, a1, s1, 0, 60)
+    p2, o2, a2 = make("momentum", **kw)
+    s2 = torch.optim.lr_scheduler.LambdaLR(a2, f)
+    run(p2, a2, s2, 0, 25)
+    sd = a2.state_dict()
+    assert set(sd) == {"state", "param_groups"} and "initial_lr" in sd["param_groups"][0]
+    ck = copy.deepcopy({"model": p2.model.state_dict(), "opt": sd, "sched": s2.state_dict()})
+    p3, o3, a3 = make("momentum", seed=5, **kw)
+    p3.model.load_state_dict(ck["model"])
+    a3.load_state_dict(ck["opt"])
+    s3 = torch.optim.lr_scheduler.LambdaLR(a3, f, last_epoch=24)   # needs initial_lr from the dict
+    s3.load_state_dict(ck["sched"])
+    run(p3, a3, s3, 25, 60)
+    assert same(params_of(p3.model), params_of(p1.model))
+    assert repr(a3.history) == repr(a1.history)
+
+
+def test_torch_checkpoint_helpers_keep_the_whole_state():
+    from torch.distributed.checkpoint.state_dict import (get_optimizer_state_dict,
+                                                         set_optimizer_state_dict)
+    kw = dict(explore_steps=30, saturation_threshold=3.0, eps_threshold=1e-6)
+    p1, o1, a1 = make("adam", **kw)
+    fresh = get_optimizer_state_dict(p1.model, a1)   # steps the fresh optimizer at rate 0
+    assert a1.steps == 0 and a1.probe_forwards == 0 and "autolr" in fresh["param_groups"][0]
+    train(p1, a1, 25)
+    osd = copy.deepcopy(get_optimizer_state_dict(p1.model, a1))
+    p2, o2, a2 = make("adam", seed=5, **kw)
+    p2.model.load_state_dict(p1.model.state_dict())
+    set_optimizer_state_dict(p2.model, a2, osd)
+    assert a2.steps == 25 and a2.lr == a1.lr
+    train(p1, a1, 35, start=25)
+    train(p2, a2, 35, start=25)
+    assert same(params_of(p2.model), params_of(p1.model))
+    assert repr(a2.history) == repr(a1.history) and a1.recomputes >= 3
+
+
+def test_older_state_dicts_still_load():
+    kw = dict(explore_steps=30)
+    p1, o1, a1 = make("momentum", **kw)
+    train(p1, a1, 25)
+    sd = a1.state_dict()
+    own = sd["param_groups"][0]["autolr"]
+    legacy = {"state": sd["state"],
+              "param_groups": [{**g["wrapped"], "params": g["params"]} for g in sd["param_groups"]],
+              "autolr": {**{k: v for k, v in own.items() if k != "rates"},
+                         "ratios": own["rates"]["ratios"]}}
+    p2, o2, a2 = make("momentum", **kw)
+    p2.model.load_state_dict(p1.model.state_dict())
+    a2.load_state_dict(copy.deepcopy(legacy))
+    assert a2.steps == 25 and a2.lr == a1.lr
+    train(p1, a1, 40, start=25)
+    train(p2, a2, 40, start=25)
+    assert same(params_of(p2.model), params_of(p1.model))
+    with pytest.raises(ValueError, match="2 param groups, this AutoLR has 1"):
+        a2.load_state_dict({"state": {}, "param_groups": [sd["param_groups"][0]] * 2})

@@ -108,15 +108,20 @@ Where the parts live
 * ``direction.py``: the wrapped optimizer's next update per unit rate.
 * ``probe.py``: one estimate (probe losses along the direction, fit, thresholded decision).
 * ``snapshot.py``: rollback snapshots in memory or on disk.
-* ``wrapper.py``: :class:`AutoLR`, which runs the explore/exploit schedule and keeps the log and state.
+* ``schedule.py``: the explore/exploit windows, saturation, rollback and the decision log.
+* ``rates.py``: group ratios, a scheduler's multiplier, refusal of foreign writes to the wrapped ``lr``.
+* ``state.py``: the state-dict layout (torch's two keys) and torch's checkpoint-helper init step.
+* ``wrapper.py``: :class:`AutoLR`, the ``torch.optim.Optimizer`` that ties the parts together.
 """
 
 from .rules import (EXPLOIT, EXPLORE, SaturationMonitor, clip_eps, eps_bound, fit_quadratic,
                     next_lr, probe_offsets, quadratic_argmin, should_rollback)
+from .rates import ForeignRateError
 from .wrapper import AutoLR
 
 __all__ = [
     "AutoLR",
+    "ForeignRateError",
     "fit_quadratic",
     "quadratic_argmin",
     "eps_bound",

@@ -3,11 +3,17 @@
 Every pass replays the same generator snapshot (same dropout masks for every probe of one
 estimate) and puts back the module buffers (BatchNorm statistics) its forwards changed, so the
 training run never sees AutoLR's forwards.
+
+A mini-batch whose loss is not finite (a batch with NaN inputs, say) is left out of the mean with a
+``RuntimeWarning`` naming its position, instead of making the whole superbatch loss NaN, which would
+freeze the rate for the rest of the run (the drop-rate superbatch is fixed).  Only when every batch
+is non-finite is the superbatch loss NaN.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Iterable
 
 import torch
@@ -28,6 +34,8 @@ class SuperbatchLoss:
         Forward passes run so far.
     device:
         Device of the last loss (where the rank reduction runs).
+    skipped:
+        Positions in the last superbatch of the mini-batches left out (non-finite loss).
     """
 
     def __init__(self, model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
@@ -37,6 +45,7 @@ class SuperbatchLoss:
         self.reducer = reducer
         self.forwards = 0
         self.device = torch.device("cpu")
+        self.skipped: tuple = ()
 
     @torch.no_grad()
     def local(self, batches: Iterable, rng: RNGSnapshot) -> float:
@@ -44,7 +53,7 @@ class SuperbatchLoss:
         generators set to ``rng`` first."""
         rng.restore()
         guard = BufferGuard()
-        total, count = None, 0
+        total, count, outs = None, 0, []
         try:
             with guard.watch():
                 for batch in batches:
@@ -54,13 +63,35 @@ class SuperbatchLoss:
                         raise TypeError(f"loss_fn(model, batch) must return a scalar tensor, got "
                                         f"{type(out).__name__}{shape}")
                     out = out.detach().to(torch.float64).reshape(())
+                    outs.append(out)
                     total = out if total is None else total + out
                     count += 1
         finally:
             guard.restore()
+        if count == 0:
+            raise ValueError("the superbatch has no mini-batch; probe_data yielded nothing")
         self.device = total.device
         self.forwards += count
-        return float(total) / count
+        value = float(total) / count
+        self.skipped = ()
+        return value if math.isfinite(value) else self._finite_mean(outs)
+
+    def _finite_mean(self, outs: list) -> float:
+        """The mean over the batches with a finite loss (NaN if there is none), with a warning."""
+        finite = [math.isfinite(float(o)) for o in outs]
+        self.skipped = tuple(i for i, ok in enumerate(finite) if not ok)
+        good = [o for o, ok in zip(outs, finite) if ok]
+        if not good:
+            return math.nan
+        warnings.warn(
+            f"AutoLR: {len(self.skipped)} of {len(outs)} probe mini-batches gave a non-finite loss "
+            f"at the current parameters (positions {list(self.skipped)} of the superbatch); they "
+            "are left out of the superbatch loss.  Check those batches of probe_data for NaN or "
+            "inf values.", RuntimeWarning, stacklevel=4)
+        total = good[0]
+        for o in good[1:]:
+            total = total + o
+        return float(total) / len(good)
 
     def mean(self, values: list) -> list:
         """Average per-rank losses over ranks (one all-reduce for the whole list)."""

@@ -28,10 +28,13 @@ def _probe_losses(loss: SuperbatchLoss, batches: Callable[[], Iterable], params:
     try:
         line = Line([params], [direction()])
         try:
-            local = []
+            local, skipped = [], set()
             for e in offsets:
                 line.move([rate + e])
                 local.append(loss.local(batches(), rng))
+                skipped.add(loss.skipped)
+            if len(skipped) > 1:   # different batches left out at different points: not comparable
+                local = [math.nan] * len(local)
         finally:
             line.restore()
             line.release()

@@ -67,6 +67,26 @@ class ExploreExploit:
         self.pending: Optional[dict] = None      # change awaiting its rollback decision
         self.quiet = False                       # skip the recompute at the next check
 
+    _FIELDS = ("t", "updates", "upd_prev", "loss_prev", "rate_start", "last_rate", "quiet", "sb",
+               "rate_sb", "pending", "recomputes", "rollbacks")
+
+    def checkpoint(self) -> tuple:
+        """Everything a step may change, for :meth:`restore` if the step fails."""
+        return ({k: getattr(self, k) for k in self._FIELDS}, self.monitor.state_dict(),
+                len(self.history), self.loss.forwards, self.sampler.checkpoint())
+
+    def restore(self, cp: tuple) -> None:
+        """Go back to a :meth:`checkpoint` (a snapshot taken since then is dropped)."""
+        fields, monitor, n_history, forwards, mark = cp
+        if self.pending is not None and self.pending is not fields["pending"]:
+            self._drop(self.pending.get("snapshot"))
+        for k, v in fields.items():
+            setattr(self, k, v)
+        self.monitor.load_state_dict(monitor)
+        del self.history[n_history:]
+        self.loss.forwards = forwards
+        self.sampler.restore(mark)
+
     @property
     def phase(self) -> str:
         """``"explore"`` during the first ``explore_steps`` steps, then ``"exploit"``."""
@@ -190,7 +210,7 @@ class ExploreExploit:
         self.loss_prev, self.rate_start = own["loss_prev"], own["rate_start"]
         self.last_rate, self.quiet = own["last_rate"], own["quiet"]
         self.monitor.load_state_dict(own["monitor"])
-        self.sampler.generator.set_state(own["generator"])
+        self.sampler.generator.set_state(own["generator"].cpu())
         self.sb, self.rate_sb = own["superbatch"], own["rate_superbatch"]
         self.pending = own["pending"]
         self.history = copy.deepcopy(own["history"])

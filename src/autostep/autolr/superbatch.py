@@ -30,6 +30,25 @@ def check_probe_data(probe_data: Any) -> None:
             f"{type(probe_data).__name__}")
     if isinstance(probe_data, cabc.Sequence) and len(probe_data) == 0:
         raise ValueError("probe_data is empty; give at least one mini-batch")
+    if isinstance(probe_data, cabc.Iterator):
+        raise TypeError(
+            f"probe_data is a one-shot iterator ({type(probe_data).__name__}): AutoLR draws a new "
+            "superbatch at every estimate and would exhaust it.  Pass something it can iterate "
+            "again: a list of batches (e.g. list(itertools.islice(gen, 100))) or a DataLoader")
+    n = _length(probe_data)
+    if n == 0:
+        raise ValueError(
+            f"probe_data ({type(probe_data).__name__}) has no mini-batches: len(probe_data) == 0 "
+            "(an empty dataset, or drop_last=True with batch_size larger than the dataset); give "
+            "it at least one batch")
+
+
+def _length(probe_data: Any):
+    """``len(probe_data)`` when it is known (a DataLoader over a map-style dataset), else None."""
+    try:
+        return len(probe_data)
+    except TypeError:   # no __len__, or an IterableDataset loader that cannot tell
+        return None
 
 
 class SuperbatchSampler:
@@ -51,6 +70,19 @@ class SuperbatchSampler:
         self.indexable = isinstance(probe_data, cabc.Sequence)
         self.generator = torch.Generator().manual_seed(seed)
         self._iter = None
+        self._pushback: list = []   # batches handed back by restore(), served first
+        self._since: list = []      # batches drawn since the last checkpoint()
+
+    def checkpoint(self) -> torch.Tensor:
+        """Mark the current position; :meth:`restore` goes back to it."""
+        self._since = []
+        return self.generator.get_state()
+
+    def restore(self, mark: torch.Tensor) -> None:
+        """Undo the draws since :meth:`checkpoint` (an iterable's batches are served again)."""
+        self.generator.set_state(mark)
+        self._pushback[:0] = self._since
+        self._since = []
 
     def draw(self) -> list:
         """A new superbatch: indices into a list, or the batches themselves."""
@@ -63,17 +95,22 @@ class SuperbatchSampler:
         batches = []
         restarted = False
         while len(batches) < k:
+            if self._pushback:
+                batches.append(self._pushback.pop(0))
+                continue
             if self._iter is None:
                 self._iter = iter(self.probe_data)
             try:
                 batches.append(next(self._iter))
                 restarted = False
             except StopIteration:
-                if restarted or self._iter is self.probe_data:
+                if restarted:
                     raise ValueError(
-                        "probe_data ran out of mini-batches; pass a re-iterable (a DataLoader or a "
-                        "list), not a one-shot iterator or generator") from None
+                        f"probe_data ({type(self.probe_data).__name__}) yielded no mini-batch on a "
+                        "fresh pass: it is empty, or it is a one-shot iterable that cannot be "
+                        "iterated again; pass a non-empty list of batches or a DataLoader") from None
                 self._iter, restarted = None, True
+        self._since += batches
         return batches
 
     def batches(self, sb: list) -> Iterator:

@@ -1,8 +1,10 @@
-"""The :class:`AutoLR` wrapper: runs the explore/exploit schedule around a torch optimizer, keeps
-the decision log and the state dict.  The parts it uses live beside it (see the package docs)."""
+"""The :class:`AutoLR` wrapper: a ``torch.optim.Optimizer`` that runs the explore/exploit schedule
+around another torch optimizer.  The parts it uses live beside it (see the package docs)."""
 
 from __future__ import annotations
 
+import copy
+import warnings
 from typing import Any, Callable, Optional
 
 import torch
@@ -12,24 +14,47 @@ from ..distributed import Reducer
 from .direction import update_direction
 from .evaluate import SuperbatchLoss
 from .options import check_objects, check_options, group_lr, seed_rates
+from .rates import Rates
 from .schedule import ExploreExploit
+from .state import init_state, is_init_call, pack_state, split_state
 from .snapshot import drop_snapshot, restore_snapshot, snapshot_tensors, take_snapshot
 from .superbatch import SuperbatchSampler, check_probe_data
 
 __all__ = ["AutoLR"]
 
 
-class AutoLR:
+def _check_model_holds(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Every optimized parameter should belong to ``model``: AutoLR probes the loss through it."""
+    in_model = {id(p) for p in model.parameters()}
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    outside = [p for p in params if id(p) not in in_model]
+    if len(outside) == len(params):
+        raise ValueError(
+            f"none of the optimizer's {len(params)} parameters is a parameter of the model "
+            f"({type(model).__name__}): the optimizer belongs to another model.  Build it from this "
+            "model, e.g. torch.optim.SGD(model.parameters(), lr=0.1)")
+    if outside:
+        shapes = [tuple(p.shape) for p in outside[:3]]
+        warnings.warn(
+            f"{len(outside)} of the optimizer's {len(params)} parameters (shapes {shapes}...) are "
+            f"not parameters of the model ({type(model).__name__}); AutoLR moves them in its "
+            "probes and rollbacks, so loss_fn must use them.  If they belong to another model, "
+            "give that model its own optimizer.", UserWarning, stacklevel=3)
+
+
+class AutoLR(torch.optim.Optimizer):
     """Explore/exploit learning-rate control around a ``torch.optim`` optimizer (see module docs).
 
     Parameters
     ----------
     optimizer:
         The wrapped ``torch.optim.Optimizer``; its update must be linear in ``lr`` (SGD, momentum SGD,
-        Adam, AdamW, ...).  Its current ``lr`` is the seed rate; AutoLR owns ``group["lr"]`` from now
-        on (several groups keep their ratios to group 0).
+        Adam, AdamW, ...).  Its current ``lr`` is the seed rate; AutoLR owns its ``group["lr"]`` from
+        now on (several groups keep their ratios to group 0) and refuses, with
+        :class:`~autostep.autolr.rates.ForeignRateError`, a rate written there by anything else.
     model:
-        The ``nn.Module`` being trained (snapshotted for rollback with its buffers).
+        The ``nn.Module`` being trained (snapshotted for rollback with its buffers); every parameter
+        of ``optimizer`` should be one of its parameters.
     loss_fn:
         ``loss_fn(model, batch)`` returns the scalar loss of one mini-batch (same signature as the LR
         search).  Called only under ``torch.no_grad()`` by AutoLR.
@@ -79,6 +104,15 @@ class AutoLR:
     reducer:
         :class:`~autostep.distributed.Reducer` averaging probe losses over ranks (default: world).
 
+    AutoLR is a ``torch.optim.Optimizer``: schedulers, the Hugging Face ``Trainer`` and accelerate
+    take it.  Its own ``param_groups`` (one per wrapped group, same parameters) hold an ``lr`` that
+    starts at the wrapped group's seed rate; whatever a scheduler writes there *multiplies* AutoLR's
+    rate by ``lr / seed`` (``LambdaLR(autolr, f)`` applies ``f(t)`` on top of AutoLR's decisions,
+    which are made as if the factor were 1).  :attr:`lr` is AutoLR's rate, the wrapped optimizer's
+    ``param_groups[g]["lr"]`` the rate in use.  ``state_dict()`` has torch's two keys: the wrapped
+    optimizer's ``state``, and ``param_groups`` whose group 0 carries AutoLR's own state under
+    ``"autolr"`` (each group's wrapped hyper-parameters under ``"wrapped"``).
+
     Attributes
     ----------
     history:
@@ -111,6 +145,8 @@ class AutoLR:
         reducer: Optional[Reducer] = None,
     ) -> None:
         check_objects(optimizer, model, loss_fn)
+        if isinstance(optimizer, AutoLR):
+            raise TypeError("optimizer is already an AutoLR; wrap the torch optimizer only once")
         check_probe_data(probe_data)
         o = check_options(total_steps=total_steps, explore_steps=explore_steps,
                           recompute_every=recompute_every, superbatch=superbatch,
@@ -118,47 +154,45 @@ class AutoLR:
                           saturation_threshold=saturation_threshold, probe_scale=probe_scale,
                           min_lr_ratio=min_lr_ratio, rollback=rollback, snapshot=snapshot,
                           snapshot_dir=snapshot_dir, seed=seed)
+        lr0, _ = seed_rates(optimizer)
+        _check_model_holds(optimizer, model)
         self.options = o
-        self.superbatch, self.num_samples = o.superbatch, o.num_samples
-        self.recompute_every, self.total_steps = o.recompute_every, o.total_steps
-        self.explore_steps, self.eps_threshold = o.explore_steps, o.eps_threshold
-        self.saturation_threshold, self.probe_scale = o.saturation_threshold, o.probe_scale
-        self.min_lr_ratio, self.rollback = o.min_lr_ratio, o.rollback
-        self.snapshot, self.snapshot_dir = o.snapshot, o.snapshot_dir
+        for name in o.__dataclass_fields__:   # the settings as attributes, as before the split
+            setattr(self, name, getattr(o, name))
 
         self.optimizer = optimizer
         self.model = model
         self.loss_fn = loss_fn
         self.probe_data = probe_data
         self.reducer = reducer or Reducer()
+        # torch.optim.Optimizer's bookkeeping (hooks, profiling) without its own state or groups
+        super().__setstate__({"defaults": {"lr": lr0}, "param_groups": [
+            {"params": g["params"], "lr": group_lr(g)} for g in optimizer.param_groups]})
+        self._rates = Rates([group_lr(g) for g in optimizer.param_groups])
         self._sampler = SuperbatchSampler(probe_data, o.superbatch, o.seed)
         self._loss = SuperbatchLoss(model, loss_fn, self.reducer)
-        _, self._ratios = seed_rates(optimizer)
         self._schedule = ExploreExploit(
-            o, self._sampler, self._loss, rate=lambda: self.lr, set_rate=self._set_lr,
+            o, self._sampler, self._loss, rate=self._rate, set_rate=self._set_rate,
             direction=self._direction, params=self._params, take_snapshot=self._take_snapshot,
             restore_snapshot=self._restore_snapshot, drop_snapshot=drop_snapshot)
 
-    # ------------------------------------------------------------------ delegation
-    @property
-    def param_groups(self) -> list:
-        """The wrapped optimizer's ``param_groups``."""
-        return self.optimizer.param_groups
-
+    # ------------------------------------------------------------------ torch.optim surface
     @property
     def state(self):
         """The wrapped optimizer's per-parameter ``state``."""
         return self.optimizer.state
 
-    @property
-    def defaults(self) -> dict:
-        """The wrapped optimizer's ``defaults``."""
-        return self.optimizer.defaults
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__)
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
 
     @property
     def lr(self) -> float:
-        """The current learning rate (group 0; other groups keep their initial ratio to it)."""
-        return group_lr(self.optimizer.param_groups[0])
+        """AutoLR's current rate (group 0's, before a scheduler's factor; other groups keep their
+        initial ratio to it)."""
+        return self._rates.eta
 
     @property
     def phase(self) -> str:
@@ -205,22 +239,24 @@ class AutoLR:
         self.optimizer.zero_grad(set_to_none=set_to_none)
 
     def add_param_group(self, param_group: dict) -> None:
-        """Delegates to the wrapped optimizer; the group keeps its rate's ratio to the current rate."""
+        """Adds the group to the wrapped optimizer; it keeps its rate's ratio to the current rate."""
         self.optimizer.add_param_group(param_group)
-        self._ratios.append(group_lr(self.optimizer.param_groups[-1]) / self.lr)
+        new = self.optimizer.param_groups[-1]
+        self.param_groups.append({"params": new["params"], "lr": group_lr(new)})
+        self._rates.add_group(group_lr(new))
 
     def __repr__(self) -> str:
         return (f"AutoLR(lr={self.lr:.4g}, phase={self.phase}, explore_steps={self.explore_steps}, "
                 f"recompute_every={self.recompute_every}, superbatch={self.superbatch}, "
                 f"optimizer={type(self.optimizer).__name__})")
 
-    def _set_lr(self, eta: float) -> None:
-        for g, ratio in zip(self.optimizer.param_groups, self._ratios):
-            v = eta * ratio
-            if isinstance(g["lr"], torch.Tensor):
-                g["lr"].fill_(v)
-            else:
-                g["lr"] = v
+    # ------------------------------------------------------------------ what the schedule uses
+    def _rate(self) -> float:
+        return self._rates.eta
+
+    def _set_rate(self, eta: float) -> None:
+        self._rates.eta = eta
+        self._rates.apply(self.optimizer.param_groups, self.param_groups)
 
     def _params(self) -> list:
         seen, out = set(), []
@@ -233,7 +269,8 @@ class AutoLR:
 
     def _direction(self, params: list) -> list:
         """``d`` per unit rate: the wrapped optimizer's real next update, everything restored."""
-        return update_direction(self.optimizer, params, lambda: self._set_lr(1.0))
+        return update_direction(self.optimizer, params,
+                                lambda: self._rates.write_unit(self.optimizer.param_groups))
 
     def _take_snapshot(self) -> dict:
         snap, self.snapshot_dir = take_snapshot(snapshot_tensors(self.model, self._params()),
@@ -250,36 +287,58 @@ class AutoLR:
         Call it after ``loss.backward()``.  A ``closure`` (torch convention: it zeroes the grads,
         computes the loss and calls ``backward()``) is evaluated first and its loss returned.  At a
         rollback the update of this step is skipped (the gradient belongs to the abandoned point).
+        An exception out of the step (from ``loss_fn``, ``probe_data`` or the wrapped optimizer)
+        leaves AutoLR's state as it was, so the step can be retried.
         """
+        if closure is None and is_init_call(self.param_groups, self._params()):
+            init_state(self.optimizer)   # torch's checkpoint helpers creating a fresh state
+            return None
+        inner, own = self.optimizer.param_groups, self.param_groups
+        self._rates.check(inner)
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        skip = self._schedule.begin_step()
-        if not skip:
-            self.optimizer.step()
+        cp, rates = self._schedule.checkpoint(), self._rates.state_dict()
+        try:
+            skip = self._schedule.begin_step()
+            if not skip:
+                self._rates.refresh(inner, own)
+                self.optimizer.step()
+        except BaseException:
+            self._schedule.restore(cp)
+            self._rates.load_state_dict(rates)
+            self._rates.apply(self.optimizer.param_groups, own)
+            raise
         self._schedule.end_step(updated=not skip)
         return loss
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict:
-        """The wrapped optimizer's state dict plus AutoLR's own state under the key ``"autolr"``.
+        """torch's two keys, laid out as described in :mod:`autostep.autolr.state`.
 
-        Includes the current superbatch (indices for list ``probe_data``, the batches themselves for
-        an iterable), the pending rollback snapshot (tensors, or the file path for disk snapshots)
-        and the decision history, so a resumed run continues identically (for iterable
-        ``probe_data`` the position of its iterator cannot be saved: later superbatches differ).
+        AutoLR's own state includes the current superbatch (indices for list ``probe_data``, the
+        batches themselves for an iterable), the pending rollback snapshot (tensors, or the file
+        path for disk snapshots) and the decision history, so a resumed run continues identically
+        (for iterable ``probe_data`` the position of its iterator cannot be saved).
         """
-        sd = self.optimizer.state_dict()
-        sd["autolr"] = {**self._schedule.state_dict(), "ratios": list(self._ratios)}
-        return sd
+        own = {**self._schedule.state_dict(), "rates": self._rates.state_dict()}
+        return pack_state(self.optimizer.state_dict(), self.param_groups, own)
 
     def load_state_dict(self, state_dict: dict) -> None:
-        """Load a dict made by :meth:`state_dict` (a plain optimizer state dict is accepted too)."""
-        sd = dict(state_dict)
-        own = sd.pop("autolr", None)
-        self.optimizer.load_state_dict(sd)
-        if own is None:
+        """Load a dict made by :meth:`state_dict`; an older AutoLR dict or a plain optimizer state
+        dict (AutoLR's rate becomes its ``lr``) loads too."""
+        inner, values, own = split_state(state_dict, len(self.param_groups))
+        self.optimizer.load_state_dict(inner)
+        if values is not None:
+            for og, v in zip(self.param_groups, values):
+                og.update(copy.deepcopy(v))
+            self._rates.load_state_dict(own["rates"])
+            self._schedule.load_state_dict(own)
             return
-        self._ratios = list(own["ratios"])
-        self._schedule.load_state_dict(own)
+        self._rates.resync(self.optimizer.param_groups)
+        for og, ig in zip(self.param_groups, self.optimizer.param_groups):
+            og["lr"] = group_lr(ig)
+        if own is not None:   # AutoLR's previous layout
+            self._rates.ratios = list(own["ratios"])
+            self._schedule.load_state_dict(own)
