@@ -247,7 +247,7 @@ def test_sls_minibatch_logistic_regression_gets_close():
     assert full < 0.1 < full0
 
 
-def test_schedulers_set_the_start_of_the_next_search():
+def test_a_scheduler_value_caps_the_step_until_the_next_write():
     w = new_w((1e-3, 1e-3, 1e-3))
     opt = autostep.SLS([w], lr=1e-2, growth_steps=100)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)
@@ -256,10 +256,45 @@ def test_schedulers_set_the_start_of_the_next_search():
     assert eta1 == pytest.approx(1e-2 * 2 ** 0.01)
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(eta1 / 2)
-    opt.step(lambda: quad(w))  # starts from eta1/2 without growth; tiny steps are accepted
+    opt.step(lambda: quad(w))  # capped at eta1/2; the cap was accepted as it is
     assert opt.param_groups[0]["lr"] == pytest.approx(eta1 / 2)
-    opt.step(lambda: quad(w))  # no scheduler step in between: growth resumes
-    assert opt.param_groups[0]["lr"] == pytest.approx(eta1 / 2 * 2 ** 0.01)
+    assert opt.param_groups[0]["step_size"] == pytest.approx(eta1 * 2 ** 0.01)  # its own, grown
+    opt.step(lambda: quad(w))  # no write in between: the cap still holds
+    assert opt.param_groups[0]["lr"] == pytest.approx(eta1 / 2)
+    sched.step()  # chainable: halves the applied step again
+    opt.step(lambda: quad(w))
+    assert opt.param_groups[0]["lr"] == pytest.approx(eta1 / 4)
+    opt.param_groups[0]["lr"] = 10.0  # a write above the search's step size lifts the cap
+    opt.step(lambda: quad(w))
+    assert opt.param_groups[0]["lr"] == pytest.approx(eta1 * 2 ** 0.04)
+
+
+def test_schedulers_do_not_restart_the_search():
+    # constant LambdaLR / warm-up: as many forwards as without a scheduler; after the warm-up the
+    # search continues from its own step size
+    def run(sched_fn):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(10, 16), nn.Tanh(), nn.Linear(16, 1))
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(256, 10, generator=g), torch.randn(256, 1, generator=g)
+        opt = autostep.SALSA(net.parameters())
+        sched = sched_fn(opt) if sched_fn else None
+        for _ in range(60):
+            idx = torch.randint(0, 256, (32,), generator=g)
+            opt.step(lambda: nn.functional.mse_loss(net(x[idx]), y[idx]))
+            if sched:
+                sched.step()
+        return opt
+
+    free = run(None)
+    const = run(lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: 1.0))
+    assert const.forwards == free.forwards
+    assert const.last_step["step_sizes"] == free.last_step["step_sizes"]
+    warm = run(lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: min(1.0, t / 10)))
+    assert warm.forwards <= 2.3 * 60
+    linear = run(lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda t: max(0.0, 1 - t / 60)))
+    assert linear.forwards <= 2.3 * 60
+    assert linear.last_step["step_sizes"][0] <= 0.1 / 60 + 1e-12  # follows the schedule at the end
 
 
 def test_lambda_scheduler_acts_as_a_cap():
@@ -311,17 +346,20 @@ def test_plasls_per_layer_criterion_and_group_lr():
             assert torch.allclose(params[i].detach(), expect, atol=1e-6)
 
 
-def test_plasls_scheduler_rescales_every_layer():
+def test_plasls_scheduler_caps_every_layer_alike():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 2))
     x, y = torch.randn(32, 4), torch.randn(32, 2)
-    opt = autostep.PLASLS(net.parameters(), lr=0.5, backtrack=0.5)
+    opt = autostep.PLASLS(net.parameters(), lr=0.5, backtrack=0.5, growth_steps=1e9)
     opt.step(lambda: nn.functional.mse_loss(net(x), y))
     before = list(opt.layer_step_sizes.values())
-    opt.param_groups[0]["lr"] *= 0.1
-    opt._sync_external_lr()
-    after = list(opt.layer_step_sizes.values())
-    assert after == pytest.approx([e * 0.1 for e in before])
+    gm = opt.param_groups[0]["lr"]
+    opt.param_groups[0]["lr"] = gm * 1e-3  # far below: every layer is accepted at the cap
+    w0 = [p.detach().clone() for p in net.parameters()]
+    opt.step(lambda: nn.functional.mse_loss(net(x), y))
+    assert opt.param_groups[0]["lr"] == pytest.approx(gm * 1e-3, rel=1e-6)
+    assert list(opt.layer_step_sizes.values()) == pytest.approx(before, rel=1e-6)  # kept
+    assert not all(torch.equal(a, b) for a, b in zip(w0, net.parameters()))
 
 
 def test_amortized_mode_reuses_the_step_size():

@@ -119,3 +119,20 @@ def test_max_grad_norm_large_changes_nothing_small_changes_the_step(name):
         runs[mx] = [p.detach().clone() for p in m.parameters()]
     assert all(torch.equal(a, b) for a, b in zip(runs[None], runs[1e9]))
     assert not all(torch.equal(a, b) for a, b in zip(runs[None], runs[1e-3]))
+
+
+@pytest.mark.parametrize("cls", [PAL, LABPAL])
+def test_pal_labpal_warn_when_a_scheduler_writes_lr_or_momentum(cls):
+    m = _model()
+    opt = cls(m.parameters())
+    opt.step(_closure(m, X, Y))
+    opt.param_groups[0]["lr"] = 0.123  # what a scheduler does
+    with pytest.warns(RuntimeWarning, match="lr is a read-out"):
+        opt.step(_closure(m, X, Y))
+    opt.param_groups[0]["momentum"] = 0.9
+    with pytest.warns(RuntimeWarning, match="cycle_momentum"):
+        opt.step(_closure(m, X, Y))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step(_closure(m, X, Y))  # the optimizer's own writes do not warn

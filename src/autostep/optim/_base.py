@@ -49,8 +49,9 @@ class Segment:
 
     @property
     def eta(self) -> float:
+        """The search's own step size (before any scheduler cap)."""
         if self.layer is None:
-            return self.group["lr"]
+            return self.group["step_size"]
         return self.group["layer_lrs"][self.layer]
 
 
@@ -115,11 +116,8 @@ class ArmijoOptimizer(AutostepOptimizer):
     :attr:`skipped_steps`; the last step's details are in :attr:`last_step`.  The current step size
     of group ``i`` is ``param_groups[i]["lr"]`` (also :attr:`step_size` for the first group).
 
-    Learning-rate schedulers: whatever writes ``group["lr"]`` between steps (a torch LR scheduler, or
-    you) sets the step size the next search *starts* from, without the growth factor.  Closed-form
-    schedulers (``LambdaLR``, ``OneCycleLR``, ``CosineAnnealingLR`` via ``get_lr`` closed form)
-    therefore act as a cap the search can only backtrack from; chainable ones (``ExponentialLR``,
-    ``StepLR``, ``MultiplicativeLR``) multiply the current step size.
+    Learning-rate schedulers: see "Step size and schedulers" in the subclasses' docstrings (a value
+    written into ``group["lr"]`` caps the step size; the search is never restarted from it).
     """
 
     #: hyper-parameters that must have one value across all param groups
@@ -148,9 +146,12 @@ class ArmijoOptimizer(AutostepOptimizer):
         })
 
     def _group_added(self, group: dict) -> None:
-        # the step size last written by the search: group["lr"] differing from it means a scheduler
-        # (or the user) changed the rate between steps
+        # step_size: the search's own step size; applied_lr: the value the optimizer last wrote into
+        # group["lr"] (group["lr"] differing from it means a scheduler or the user wrote a rate, which
+        # becomes lr_cap until the next write)
         group.setdefault("step_size", group["lr"])
+        group.setdefault("applied_lr", group["lr"])
+        group.setdefault("lr_cap", None)
 
     def _validate_group(self, group: dict) -> None:
         V.positive("lr", group["lr"])
@@ -228,26 +229,50 @@ class ArmijoOptimizer(AutostepOptimizer):
             eta = eta * 2.0
         return min(max(eta, group["min_lr"]), group["max_lr"])
 
-    def _sync_external_lr(self) -> list[bool]:
-        """Adopt step sizes written into ``group['lr']`` from outside (schedulers, users)."""
-        changed = []
+    def _sync_external_lr(self) -> None:
+        """A value written into ``group['lr']`` from outside (scheduler, user) becomes the cap."""
         for group in self.param_groups:
-            ext = group["lr"] != group["step_size"]
-            if ext:
-                self._on_external_lr(group, group["step_size"], group["lr"])
-                group["step_size"] = group["lr"]
-            changed.append(ext)
-        return changed
+            if group["lr"] != group["applied_lr"]:
+                V.nonnegative("lr (written by a scheduler or by hand)", group["lr"])
+                group["lr_cap"] = float(group["lr"])
+                group["applied_lr"] = group["lr"]
 
-    def _on_external_lr(self, group: dict, old: float, new: float) -> None:
-        """PLASLS rescales its layer step sizes; the others need nothing."""
+    def _cap_scales(self, segs: list[Segment], starts: list[float]) -> list[float]:
+        """Per segment, the factor ``q <= 1`` that brings its group under ``lr_cap``.
+
+        A group's step size is compared with the cap: one segment's step size, or the geometric
+        mean of its layers' (PLASLS), which are all scaled alike.
+        """
+        logs: dict = {}
+        for sg, e in zip(segs, starts):
+            logs.setdefault(id(sg.group), []).append(math.log(max(e, 1e-300)))
+        qs = []
+        for sg in segs:
+            cap = sg.group.get("lr_cap")
+            if cap is None:
+                qs.append(1.0)
+                continue
+            ls_ = logs[id(sg.group)]
+            gm = math.exp(sum(ls_) / len(ls_))
+            qs.append(min(1.0, cap / gm) if gm > 0 else 1.0)
+        return qs
 
     def _set_eta(self, seg: Segment, eta: float) -> None:
+        """Store the search's own step size of a segment."""
         if seg.layer is None:
-            seg.group["lr"] = eta
             seg.group["step_size"] = eta
         else:
             seg.group["layer_lrs"][seg.layer] = eta
+
+    def _publish_lr(self, segs: list[Segment], applied: list[float]) -> None:
+        """``group["lr"]``: the step size applied this step (geometric mean over a group's layers)."""
+        logs: dict = {}
+        for sg, e in zip(segs, applied):
+            logs.setdefault(id(sg.group), []).append(math.log(max(e, 1e-300)))
+        for group in self.param_groups:
+            if id(group) in logs:
+                ls_ = logs[id(group)]
+                group["lr"] = math.exp(sum(ls_) / len(ls_)) if len(ls_) > 1 else math.exp(ls_[0])
 
     def _finish_groups(self) -> None:
         """Hook after step sizes changed (PLASLS recomputes the group's summary lr)."""
@@ -271,7 +296,6 @@ class ArmijoOptimizer(AutostepOptimizer):
                       "skipped": None}
         line: Line | None = None
         try:
-            external = [g["lr"] != g["step_size"] for g in self.param_groups]
             segs = self._segments(ev)
             self._check_grads(segs)
             clip = self._clip_coef([g for sg in segs for g in sg.grads])
@@ -285,7 +309,6 @@ class ArmijoOptimizer(AutostepOptimizer):
                 k_max > 1
                 and ls["searches"] >= AMORTIZE_WARMUP
                 and since < ls["interval"]
-                and not any(external)
             )
             if not reuse and any(sg.params for sg in segs):
                 # the buffer for w0, lent to the plan as scratch until it is saved
@@ -302,7 +325,7 @@ class ArmijoOptimizer(AutostepOptimizer):
             s = ev.read_start(plan.s)
             info["loss"] = ev.loss0
             ls["step"] += 1
-            external = self._sync_external_lr()
+            self._sync_external_lr()
             if not any(sg.params for sg in segs):
                 info["skipped"] = "no gradients"
             elif not all(math.isfinite(si) for si in s):
@@ -310,10 +333,12 @@ class ArmijoOptimizer(AutostepOptimizer):
                 info["skipped"] = "non-finite gradient"
                 ls["skipped"] += 1
             elif reuse:
-                # amortised mode: reuse the settled step size, no trial forward
+                # amortised mode: reuse the settled step size (under the cap), no trial forward
                 plan.commit()
-                self._decay([(sg.params, sg.group["weight_decay"], sg.eta) for sg in segs])
-                self._apply_final(plan, segs, [sg.eta for sg in segs], line=None)
+                applied = [sg.eta * q for sg, q in zip(segs, self._cap_scales(segs, [sg.eta for sg in segs]))]
+                self._decay([(sg.params, sg.group["weight_decay"], e) for sg, e in zip(segs, applied)])
+                self._apply_final(plan, segs, applied, line=None)
+                self._publish_lr(segs, applied)
                 ls["since_search"] = since
                 info.update(accepted=True, reused=True)
             elif all(si == 0.0 and (plan.exact_zero is None or plan.exact_zero(j))
@@ -323,13 +348,10 @@ class ArmijoOptimizer(AutostepOptimizer):
             else:
                 zero = [si == 0.0 and (plan.exact_zero is None or plan.exact_zero(j))
                         for j, si in enumerate(s)]
-                ext = {id(g): e for g, e in zip(self.param_groups, external)}
-                etas = [
-                    min(max(sg.eta, sg.group["min_lr"]), sg.group["max_lr"])
-                    if ext[id(sg.group)]
-                    else self._start_eta(sg.group, sg.eta, since)
-                    for sg in segs
-                ]
+                free = [self._start_eta(sg.group, sg.eta, since) for sg in segs]
+                qs = self._cap_scales(segs, free)
+                starts = [max(e * q, sg.group["min_lr"]) for sg, e, q in zip(segs, free, qs)]
+                etas = list(starts)
                 line.save()
                 line.set_dirs(plan.search)
                 accepted, etas, trials, dec = self._search(ev, line, segs, etas, s, zero)
@@ -337,20 +359,28 @@ class ArmijoOptimizer(AutostepOptimizer):
                 plan.commit()
                 ls["searches"] += 1
                 ls["since_search"] = 0
-                for sg, eta in zip(segs, etas):
-                    self._set_eta(sg, eta)
+                for sg, eta, st, fr in zip(segs, etas, starts, free):
+                    # under a cap the search keeps its own step size, lowered only by the factor
+                    # it had to backtrack from the capped start (a cap accepted as it is tells
+                    # nothing about larger steps; a search restarted from the cap would collapse
+                    # during a warm-up)
+                    own = eta if st == fr or st <= 0 else eta * fr / st
+                    self._set_eta(sg, min(max(own, sg.group["min_lr"]), sg.group["max_lr"]))
+                self._publish_lr(segs, etas)
                 if accepted:
                     if plan.final is not None:
                         self._apply_final(plan, segs, etas, line)
                     self._decay([(sg.params, sg.group["weight_decay"], e)
                                  for sg, e in zip(segs, etas)], line.w0)
-                    self._update_amortize(etas[0], k_max)
+                    self._update_amortize(segs[0].eta, k_max)
                 else:
                     line.restore()
                     ls["skipped"] += 1
                     ls["interval"] = 1
                     info["skipped"] = "max_trials exhausted"
             self._finish_groups()
+            for group in self.param_groups:
+                group["applied_lr"] = group["lr"]
         except BaseException:
             if line is not None:
                 line.restore()

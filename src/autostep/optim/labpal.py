@@ -83,7 +83,8 @@ class LABPAL(_LineOptimizer):
         lr (0.0): **read-out only**: ``param_groups[i]["lr"]`` holds the current learning rate
             (``"sgd"``: the reused ``lr``; ``"nsgd"``: ``alpha s_min / ||d_t||`` of the last
             update).  The value passed is validated (``>= 0``) and shown until the first estimate;
-            writes (LR schedulers) have no effect.
+            writes (LR schedulers) have no effect and raise a ``RuntimeWarning`` (once); a
+            ``momentum`` written between steps (``OneCycleLR``) is used, with a warning.
 
     Deviations from the paper / the published code (documented choices)
         * The three positions are ``0, mu, 2 mu`` and the parabola is the exact interpolant
@@ -292,6 +293,7 @@ class LABPAL(_LineOptimizer):
         """
         if self._init_call(closure):
             return None
+        self._warn_external_writes()
         ls = self._ls
         ev = self._evaluator(closure)
         if ls["phase"] == "approx":
@@ -321,6 +323,7 @@ class LABPAL(_LineOptimizer):
         ls["trials"] += info.get("trials", 0)
         info.update(loss=ev.loss0, forwards=ev.forwards, backwards=ev.backwards,
                     lr=self.param_groups[0]["lr"], step_size=ls["step_size"])
+        self._note_written_lr()
         self.last_step = info
         return loss
 

@@ -37,8 +37,9 @@ class PLASLS(_AdamDirection, ArmijoOptimizer):
         The partition is fixed at the first step and saved in the state dict; the names are in
         :attr:`layer_step_sizes`.
 
-    ``param_groups[i]["lr"]`` holds the geometric mean of the group's layer step sizes; writing a
-    new value there (scheduler) multiplies every layer's step size by ``new / old``.
+    ``param_groups[i]["lr"]`` holds the geometric mean of the step sizes applied to the group's
+    layers; a value written there (scheduler) caps that mean, every layer scaled alike (see "Step
+    size and schedulers").
 
     Parameters
         lr (0.1): initial step size of every layer.  c (0.1): as :class:`AdamSLS` (the slides reuse
@@ -106,24 +107,18 @@ class PLASLS(_AdamDirection, ArmijoOptimizer):
                 else:
                     layers, names = self._partition(group, ev.modules_seen())
                 group["layers"], group["layer_names"] = layers, names
-                group["layer_lrs"] = [group["lr"]] * len(layers)
+                group["layer_lrs"] = [group["step_size"]] * len(layers)
             for li, idx in enumerate(group["layers"]):
                 ps = [group["params"][i] for i in idx if group["params"][i].grad is not None]
                 segs.append(Segment(group, ps, [p.grad for p in ps], group["layer_names"][li], li))
         return [sg for sg in segs if sg.params]
-
-    def _on_external_lr(self, group: dict, old: float, new: float) -> None:
-        if group.get("layer_lrs") and old > 0:
-            ratio = new / old
-            group["layer_lrs"] = [min(max(e * ratio, group["min_lr"]), group["max_lr"])
-                                  for e in group["layer_lrs"]]
 
     def _finish_groups(self) -> None:
         for group in self.param_groups:
             lrs = group.get("layer_lrs")
             if lrs:
                 gm = math.exp(sum(math.log(max(e, 1e-300)) for e in lrs) / len(lrs))
-                group["lr"] = group["step_size"] = gm
+                group["step_size"] = gm
 
     @property
     def layer_step_sizes(self) -> dict:

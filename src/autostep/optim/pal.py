@@ -9,6 +9,7 @@ the exact directional derivative from the gradient, a parabola through ``l(0)``,
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -41,6 +42,46 @@ class _LineOptimizer(AutostepOptimizer):
 
     def _with_grad(self) -> list[list]:
         return [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
+
+    def _group_added(self, group: dict) -> None:
+        # what the optimizer last wrote / was given, to tell writes from outside (schedulers)
+        group.setdefault("applied_lr", group["lr"])
+        group.setdefault("applied_momentum", group["momentum"])
+
+    def _warn_external_writes(self) -> None:
+        """Warn (once per optimizer and key) when a scheduler or the user wrote ``lr`` or
+        ``momentum`` between steps: ``lr`` is a read-out here and the write has no effect;
+        a ``momentum`` write (``OneCycleLR(cycle_momentum=True)``) is used, but rarely meant."""
+        name = type(self).__name__
+        for group in self.param_groups:
+            if group["lr"] != group["applied_lr"] and not self._warned.get("lr"):
+                self._warned["lr"] = True
+                warnings.warn(
+                    f"{name}: param_groups[...]['lr'] was set to {group['lr']!r} from outside (an LR "
+                    f"scheduler?). {name} computes its own step size; lr is a read-out of it and the "
+                    "written value is ignored. Remove the scheduler (or use an Armijo-family "
+                    "optimizer, where a scheduler caps the step size).",
+                    RuntimeWarning, stacklevel=3)
+            if group["momentum"] != group["applied_momentum"] and not self._warned.get("momentum"):
+                self._warned["momentum"] = True
+                warnings.warn(
+                    f"{name}: param_groups[...]['momentum'] was changed from "
+                    f"{group['applied_momentum']!r} to {group['momentum']!r} between steps "
+                    "(OneCycleLR with cycle_momentum=True does this); the new value is used. Pass "
+                    "cycle_momentum=False if that is not what you want.",
+                    RuntimeWarning, stacklevel=3)
+            group["applied_momentum"] = group["momentum"]
+
+    def _note_written_lr(self) -> None:
+        for group in self.param_groups:
+            group["applied_lr"] = group["lr"]
+
+    @property
+    def _warned(self) -> dict:
+        w = self.__dict__.get("_external_warned")
+        if w is None:
+            w = self.__dict__["_external_warned"] = {}
+        return w
 
     @property
     def step_size(self) -> float:
@@ -76,7 +117,8 @@ class PAL(_LineOptimizer):
         lr (0.0): **read-out only**: after each step ``param_groups[i]["lr"]`` holds the applied
             learning rate ``s_upd / ||d||`` (the multiplier of ``d``), 0 for a skipped step.  The
             value passed is validated (``>= 0``) and shown until the first step; writing it (e.g.
-            from an LR scheduler) has no effect on the search.
+            from an LR scheduler) has no effect on the search and raises a ``RuntimeWarning``
+            (once).  A ``momentum`` written between steps (``OneCycleLR``) is used, with a warning.
 
     Param groups
         One line through all groups: ``||d||`` and ``<g, d>`` are summed over every parameter
@@ -134,6 +176,7 @@ class PAL(_LineOptimizer):
         """
         if self._init_call(closure):
             return None
+        self._warn_external_writes()
         ev = self._evaluator(closure)
         loss = ev.first()
         first = self.param_groups[0]
@@ -206,5 +249,6 @@ class PAL(_LineOptimizer):
             ls["skipped"] += 1
         info.update(case=case, step_size=s_upd, lr=lr, a=a, b=slope, loss_mu=f_mu,
                     direction_norm=norm, forwards=ev.forwards, backwards=ev.backwards)
+        self._note_written_lr()
         self.last_step = info
         return loss

@@ -41,10 +41,15 @@ _COMMON_DOC = """
         nothing.  A zero search direction costs no trial forward.
 
     Step size and schedulers
-        ``param_groups[i]["lr"]`` always holds the current step size.  A value written there from
-        outside between steps (a torch LR scheduler, or you) becomes the step size the next search
-        starts from, without the growth factor: closed-form schedulers (``LambdaLR``) act as a cap
-        the search backtracks from, chainable ones (``ExponentialLR``) multiply the step size.
+        ``param_groups[i]["lr"]`` holds the step size applied by the last step.  A value written
+        there from outside between steps (a torch LR scheduler, or you) is a **cap**: it holds until
+        the next write, and each search starts from ``min(its own grown step size, cap)`` -- it is
+        never restarted from the cap.  A step accepted at the cap leaves the search's own step size
+        (``param_groups[i]["step_size"]``) as it was; a backtrack below the cap lowers it.  So a
+        closed-form schedule (``LambdaLR``, the Hugging Face linear/cosine schedules, warm-up
+        included) is an upper envelope that the step follows once it falls below the searched size,
+        at about one trial per step, and chainable schedulers (``ExponentialLR``, ``StepLR``) shrink
+        the applied step from one write to the next.  Amortised steps reuse ``min(step size, cap)``.
 
     Param groups
         Every group has its own step size and Armijo constant; one joint search scales all groups'
