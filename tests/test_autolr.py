@@ -814,3 +814,27 @@ def test_older_state_dicts_still_load():
     assert same(params_of(p2.model), params_of(p1.model))
     with pytest.raises(ValueError, match="2 param groups, this AutoLR has 1"):
         a2.load_state_dict({"state": {}, "param_groups": [sd["param_groups"][0]] * 2})
+
+
+@pytest.mark.parametrize("style", ["loss-only", "torch-style"])
+def test_step_with_a_closure_of_either_convention_equals_the_plain_loop(style):
+    """A loss-only closure used to leave the gradients untouched: the wrapped optimizer then stepped
+    on the previous step's gradient (or none at all)."""
+    kw = dict(explore_steps=30, saturation_threshold=3.0)
+    p0, o0, a0 = make("momentum", **kw)
+    train(p0, a0, 35)
+    p1, o1, a1 = make("momentum", **kw)
+    for b in p1.batches(35, seed=1):
+        def closure():
+            if style == "torch-style":
+                a1.zero_grad()
+            loss = p1.loss_fn(p1.model, b)
+            if style == "torch-style":
+                loss.backward()
+            return loss
+        out = a1.step(closure)
+        assert isinstance(out, torch.Tensor)
+        if style == "torch-style":
+            a1.zero_grad()
+    assert same(params_of(p1.model), params_of(p0.model))
+    assert repr(a1.history) == repr(a0.history) and a0.recomputes >= 2

@@ -42,6 +42,27 @@ def _check_model_holds(optimizer: torch.optim.Optimizer, model: nn.Module) -> No
             "give that model its own optimizer.", UserWarning, stacklevel=3)
 
 
+def run_closure(closure: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
+                params: list) -> Any:
+    """Evaluate a step's closure in either of autostep's conventions; returns its loss.
+
+    A torch-style closure (``zero_grad()``, loss, ``backward()`` inside, as LBFGS and Lightning
+    use) leaves the gradients it computed.  A loss-only closure (returns the loss, no
+    ``backward()``) is told apart by the untouched ``.grad`` fields: AutoLR then clears the old
+    gradients and back-propagates the returned loss itself.  AutoLR's own probes never call the
+    closure; they use ``loss_fn`` on the superbatch.
+    """
+    before = [(p.grad, None if p.grad is None else p.grad._version) for p in params]
+    with torch.enable_grad():
+        loss = closure()
+    after = [(p.grad, None if p.grad is None else p.grad._version) for p in params]
+    untouched = all(a[0] is b[0] and a[1] == b[1] for a, b in zip(before, after))
+    if untouched and isinstance(loss, torch.Tensor) and loss.requires_grad:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+    return loss
+
+
 class AutoLR(torch.optim.Optimizer):
     """Explore/exploit learning-rate control around a ``torch.optim`` optimizer (see module docs).
 
@@ -284,9 +305,9 @@ class AutoLR(torch.optim.Optimizer):
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):
         """One training step: maybe check/recompute the rate, then the wrapped optimizer's step.
 
-        Call it after ``loss.backward()``.  A ``closure`` (torch convention: it zeroes the grads,
-        computes the loss and calls ``backward()``) is evaluated first and its loss returned.  At a
-        rollback the update of this step is skipped (the gradient belongs to the abandoned point).
+        Call it after ``loss.backward()``, or pass a ``closure`` in either convention (see
+        :func:`run_closure`); its loss is returned.  At a rollback the update of this step is
+        skipped (the gradient belongs to the abandoned point).
         An exception out of the step (from ``loss_fn``, ``probe_data`` or the wrapped optimizer)
         leaves AutoLR's state as it was, so the step can be retried.
         """
@@ -295,10 +316,7 @@ class AutoLR(torch.optim.Optimizer):
             return None
         inner, own = self.optimizer.param_groups, self.param_groups
         self._rates.check(inner)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = None if closure is None else run_closure(closure, self.optimizer, self._params())
         cp, rates = self._schedule.checkpoint(), self._rates.state_dict()
         try:
             skip = self._schedule.begin_step()
