@@ -58,6 +58,15 @@ TARGETS = [
     ("autostep._closure", "ClosureEvaluator.trial", "evaluator"),
     ("autostep._closure", "ClosureEvaluator.finish", "evaluator"),
     ("autostep._closure", "ClosureEvaluator.reduce", "evaluator"),
+    ("autostep._closure", "ClosureEvaluator.read_start", "evaluator"),
+    ("autostep.optim._common", "AutostepOptimizer._evaluator", "evaluator"),
+    ("autostep.optim._base", "ArmijoOptimizer._segments", "Python / other"),
+    ("autostep.optim.layerwise", "PLASLS._segments", "Python / other"),
+    ("autostep.optim._adam", "AdamMoments.__init__", "direction"),
+    ("autostep.optim._adam", "AdamMoments.denom", "direction"),
+    ("autostep.optim._adam", "AdamMoments.m_new", "direction"),
+    ("autostep.optim._adam", "AdamMoments.commit", "direction"),
+    ("autostep.optim._base", "decrease_terms", "dots"),
     ("autostep.optim.sls", "SLS._plan", "direction"),
     ("autostep.optim.sls", "AdamSLS._plan", "direction"),
     ("autostep.optim.salsa", "SALSA._plan", "direction"),
@@ -70,6 +79,8 @@ TARGETS = [
     ("autostep.optim.sls", "_floats", "dots"),
     ("autostep._line", "Line.__init__", "moves"),
     ("autostep._line", "Line.move", "moves"),
+    ("autostep._line", "Line.save", "moves"),
+    ("autostep._line", "Line.scratch_sums", "dots"),
     ("autostep._line", "Line.restore", "moves"),
     ("autostep._line", "Line.release", "moves"),
     ("autostep._line", "axpy_", "moves"),
@@ -127,7 +138,7 @@ def instrumented(prof: Profiler):
             wrapped_funcs[fn] = w
     # modules that imported a wrapped function by name (``from ._adam import dots``)
     for name in ("autostep.optim.sls", "autostep.optim.salsa", "autostep.optim.layerwise",
-                 "autostep.optim._base", "autostep._line"):
+                 "autostep.optim._base", "autostep._line", "autostep.optim._adam"):
         mod = importlib.import_module(name)
         for attr, val in list(vars(mod).items()):
             if callable(val) and val in wrapped_funcs and getattr(mod, attr) is not wrapped_funcs[val]:

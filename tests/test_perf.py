@@ -84,6 +84,25 @@ def test_host_reads_per_step_at_most_one_plus_trials(name):
     assert any(t > 0 for _, t in per_step)
 
 
+@pytest.mark.parametrize("name", ["SALSA", "ALSALS", "PLASLS"])
+def test_host_reads_with_a_torch_style_closure(name):
+    model, x, y = _problem()
+    opt = ARMIJO[name](model.parameters())
+    reads = HostReads()
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(10):
+        before = reads.count
+        with reads.patched():
+            opt.step(closure)
+        assert 1 <= reads.count - before <= 1 + opt.last_step["trials"]
+
+
 def test_a_zero_direction_step_reads_once_and_costs_no_forward():
     w = nn.Parameter(torch.zeros(5))
     opt = autostep.SALSA([w])

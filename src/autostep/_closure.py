@@ -527,8 +527,9 @@ class ClosureEvaluator:
 
         A non-finite start loss undoes the first evaluation -- module buffers, generators and the
         ``.grad`` fields as before it -- and raises :class:`NonFiniteLossError`: the step changed
-        nothing, as with an immediate read.  (Until this read the old ``.grad`` tensors of a
-        loss-only closure stay referenced, so that they can be put back.)
+        nothing, as with an immediate read -- except that a loss-only closure's old ``.grad``
+        tensors are not kept through the backward (that would cost a gradient's memory every step):
+        they are left cleared (``None``), as the next step would clear them anyway.
         """
         vals = self._loss_t.reshape(1).to(torch.float64)
         if extra is not None and extra.numel():
@@ -562,6 +563,12 @@ class ClosureEvaluator:
         that it shares one device-to-host transfer with the optimizer's own scalars.
         """
         loss = self._start(with_grad=True, read=read)
+        if not self.torch_style and not read:
+            # the old gradients are not kept for an undo: holding them through the backward would
+            # cost a gradient's memory (and, on CPU, fresh pages) every step; a non-finite start
+            # loss found by read_start() leaves .grad cleared (None) instead
+            before, rec = self._undo
+            self._undo = ([(None, v) for _, v in before], rec)
         if not self.torch_style:
             for p in self.params:
                 p.grad = None
