@@ -205,3 +205,22 @@ def test_scratch_sums_per_segment_flat_and_per_tensor():
     mixed.save()
     with pytest.raises(RuntimeError, match="holds w0"):
         mixed.scratch
+
+
+@pytest.mark.parametrize("with_den", [False, True])
+def test_decrease_terms_cpu_and_foreach_paths_agree(monkeypatch, with_den):
+    import autostep.optim._base as base
+
+    torch.manual_seed(1)
+    shapes = [[(4, 3), (3,)], [(5,)]]
+    params = [[torch.randn(s) for s in seg] for seg in shapes]
+    xs = [[torch.randn(s) for s in seg] for seg in shapes]
+    ys = [[torch.randn(s) for s in seg] for seg in shapes]
+    dens = [[torch.rand(s) + 0.5 for s in seg] for seg in shapes] if with_den else None
+    expected = torch.stack([
+        sum((x * (y / d if dens else y)).sum() for x, y, d in zip(xs[j], ys[j], (dens or [[None] * 2] * 2)[j]))
+        for j in range(2)])
+    cpu = base.decrease_terms(Line(params, [None, None], save=False), xs, ys, dens)
+    monkeypatch.setattr(base, "_on_cpu", lambda buf: False)
+    fused = base.decrease_terms(Line(params, [None, None], save=False), xs, ys, dens)
+    assert torch.allclose(cpu, expected, rtol=1e-5) and torch.allclose(fused, expected, rtol=1e-5)

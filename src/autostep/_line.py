@@ -106,6 +106,7 @@ class Line:
             self.w0.append(views[pos:pos + n])
             pos += n
         self._w0_all = views
+        self.dtype = self._all[0].dtype if self._all else torch.get_default_dtype()
         self.saved = False
         self.scales: list | None = None  # scales of the point the params are at now (None: w0)
         if save:

@@ -76,19 +76,40 @@ class Plan:
 
 
 def decrease_terms(line: Optional[Line], xs: list, ys: list, dens: Optional[list] = None):
-    """Per segment ``sum <x, y / den>`` (``den`` optional) as a 1-d tensor, in one foreach pass per
-    operation over all segments, using the line's ``w0`` buffer as scratch before it is saved.
+    """Per segment ``sum <x, y / den>`` (``den`` optional) as a 1-d tensor on the device.
 
-    ``xs``, ``ys``, ``dens`` hold one tensor list per segment."""
+    ``xs``, ``ys``, ``dens`` hold one tensor list per segment; the line's ``w0`` buffer (not yet
+    saved) is the scratch, so no temporary is allocated.
+
+    On accelerators: one foreach pass per operation over all segments (copy, divide, multiply)
+    and one flat sum per segment -- a handful of kernel launches whatever the number of tensors.
+    On CPU, where a foreach op is itself a loop over the tensors, memory passes are what costs:
+    per tensor one ``div(out=scratch)`` and one ``vdot``, two passes instead of four.
+    """
     if line is None:
         return None
-    buf = [t for seg in line.scratch for t in seg]
-    if buf:
-        torch._foreach_copy_(buf, [t for seg in ys for t in seg])
+    buf = line.scratch
+    if _on_cpu(buf):
+        sums = []
+        for bs, xseg, yseg, dseg in zip(buf, xs, ys, dens if dens is not None else [None] * len(buf)):
+            parts = []
+            for j, (b, x, y) in enumerate(zip(bs, xseg, yseg)):
+                if dseg is not None:
+                    y = torch.div(y, dseg[j], out=b)
+                parts.append(torch.vdot(x.reshape(-1), y.reshape(-1)))
+            sums.append(torch.stack(parts).sum() if parts else torch.zeros((), dtype=line.dtype))
+        return torch.stack(sums)
+    flat = [t for seg in buf for t in seg]
+    if flat:
+        torch._foreach_copy_(flat, [t for seg in ys for t in seg])
         if dens is not None:
-            torch._foreach_div_(buf, [t for seg in dens for t in seg])
-        torch._foreach_mul_(buf, [t for seg in xs for t in seg])
+            torch._foreach_div_(flat, [t for seg in dens for t in seg])
+        torch._foreach_mul_(flat, [t for seg in xs for t in seg])
     return line.scratch_sums()
+
+
+def _on_cpu(buf: list) -> bool:
+    return all(t.device.type == "cpu" for seg in buf for t in seg)
 
 
 def _slopes(ev: ClosureEvaluator, segs: list, dirs: list) -> torch.Tensor:
