@@ -67,6 +67,13 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--tol", type=_positive_float, default=0.125,
                    help="refine until each point of interest is known within TOL decades")
     p.add_argument("--pick", choices=("log_midpoint", "half_drop", "steepest"), default="log_midpoint")
+    p.add_argument("--schedule", choices=("cosine", "linear", "constant"), default=None,
+                   help="return the peak rate for training with this schedule (warm-up + cosine, "
+                        "warm-up + linear decay, constant) instead of the paper's pick")
+    p.add_argument("--total-steps", type=_positive_int, default=None,
+                   help="length of the training run; the search then takes at most 10%% of it")
+    p.add_argument("--budget-steps", type=_positive_int, default=None,
+                   help="most training steps all trials together may take")
     p.add_argument("--workers", type=_positive_int, default=1,
                    help="processes running trials in parallel (1: sequential)")
     p.add_argument("--seed", type=int, default=0, help="model initialisation and data order seed")
@@ -114,11 +121,16 @@ def run(args) -> int:
                      steps=args.steps, lr_range=(args.lr_min, args.lr_max), tol=args.tol,
                      pick=args.pick, seeds=None if args.seeds == 1 else args.seeds,
                      executor=None if args.workers == 1 else "process", workers=args.workers,
-                     progress=False if args.no_progress else None)
+                     progress=False if args.no_progress else None, schedule=args.schedule,
+                     total_steps=args.total_steps, budget_steps=args.budget_steps)
     print(f"problem     {problem.name} ({args.optimizer}, {args.steps} steps per trial, "
           f"{args.seeds} seed{'s' if args.seeds > 1 else ''})")
     lo, hi = result.window
     print(f"window      {lo:.4g} .. {hi:.4g}")
+    if args.schedule is not None:
+        print(f"peak        {result.lr:.4g} for {args.schedule} (best trial rate "
+              f"{result.picks['best']:.4g} x {result.info['scale']:.3g}; "
+              f"{result.info['trial_steps']} steps per trial, each running the schedule)")
     for name, value in result.picks.items():
         mark = " <- lr" if name == result.pick else ""
         if name in result.spread:

@@ -53,6 +53,7 @@ and return the same result.  Executors cannot be combined with distributed runs.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from concurrent.futures import ProcessPoolExecutor
 from collections.abc import Iterable, Iterator
@@ -66,6 +67,7 @@ from .._progress import progress_bar
 from .._closure import RNGSnapshot
 from ..distributed import Reducer
 from .curve import PICKS, analyze
+from .peak import PEAK_SCALE, SCHEDULES, BudgetExhausted, peak_search, trial_factor, trial_steps
 from .result import FinderResult, Trial
 
 __all__ = ["find_lr", "TrialRunner", "search_curve", "DEFAULT_LR_RANGE", "NoViableRateError"]
@@ -202,13 +204,15 @@ class TrialRunner:
     is also visited in a seed-permuted order, a DataLoader reshuffles from the seeded generator), then
     average ``loss_fn`` over ``val_data`` under ``torch.no_grad()`` (in eval mode when ``eval_mode``).
     A training loss that is non-finite or above ``diverge`` times the first step's loss ends the trial
-    early: it returns ``(inf, steps_run, True)``.
+    early: it returns ``(inf, steps_run, True)``.  ``lr_factor(step, steps)``, when given, multiplies
+    every group's rate at each step (a schedule compressed into the trial).
     """
 
     def __init__(self, model: nn.Module, make_optimizer: Callable, loss_fn: Callable,
                  train_data: Iterable, val_data: Iterable, steps: int = 20, *,
                  diverge: float = 4.0, eval_mode: bool = True, reducer: Optional[Reducer] = None,
-                 rng_state: Optional[torch.Tensor] = None) -> None:
+                 rng_state: Optional[torch.Tensor] = None,
+                 lr_factor: Optional[Callable[[int, int], float]] = None) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(make_optimizer):
@@ -227,6 +231,7 @@ class TrialRunner:
         self.model, self.make_optimizer, self.loss_fn = model, make_optimizer, loss_fn
         self.train_data, self.val_data = train_data, val_data
         self.eval_mode = bool(eval_mode)
+        self.lr_factor = lr_factor
         self.reducer = reducer or Reducer()
         self._entry_rng = RNGSnapshot()
         if rng_state is not None:
@@ -286,12 +291,17 @@ class TrialRunner:
         if not isinstance(opt, torch.optim.Optimizer):
             raise TypeError(f"make_optimizer(params, lr) returned {type(opt).__name__}; it must "
                             "return a torch.optim.Optimizer, e.g. torch.optim.SGD(params, lr=lr)")
+        base = [g["lr"] for g in opt.param_groups]
         self.model.train()
         batches = self._batches(seed)
         ref = None
         steps_run = 0
         for step in range(self.steps):
             batch = next(batches)
+            if self.lr_factor is not None:  # a schedule inside the trial (find_lr(schedule=...))
+                factor = self.lr_factor(step, self.steps)
+                for g, lr0 in zip(opt.param_groups, base):
+                    g["lr"] = lr0 * factor
             opt.zero_grad(set_to_none=True)
             loss = _as_loss(self.loss_fn(self.model, batch), "on a training batch")
             value = self._reduce(float(loss.detach()), loss.device)
@@ -313,6 +323,17 @@ class TrialRunner:
         if not math.isfinite(val):
             return math.inf, steps_run, True
         return val, steps_run, False
+
+    def initial_loss(self) -> float:
+        """The validation loss of the untouched model (the loss of "learning nothing")."""
+        try:
+            value = self.validate()
+        finally:
+            self._state.restore()
+        if not math.isfinite(value):
+            raise ValueError(f"the validation loss at the initial parameters is {value}, before any "
+                             "step was taken; check the data and the model for NaN/inf")
+        return value
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -362,8 +383,8 @@ class _Evaluator:
     """Evaluates lists of learning rates over all seeds, sequentially or through an executor."""
 
     def __init__(self, runner: TrialRunner, payload: dict, seeds: list, executor, workers: int,
-                 bar) -> None:
-        self.runner, self.seeds, self.bar = runner, seeds, bar
+                 bar, budget: Optional[int] = None) -> None:
+        self.runner, self.seeds, self.bar, self.budget = runner, seeds, bar, budget
         self.trials: list = []
         self.steps = 0
         self._own = None
@@ -389,6 +410,18 @@ class _Evaluator:
             self._own.shutdown(wait=True, cancel_futures=True)
 
     def __call__(self, lrs: Sequence[float]) -> list:
+        """Per-seed losses of each rate; raises :class:`BudgetExhausted` (with the results of the
+        rates that fitted) when the step budget cannot pay for all of them at full length."""
+        requested = list(lrs)
+        if self.budget is not None:
+            cost = self.runner.steps * len(self.seeds)
+            lrs = requested[:max(0, (self.budget - self.steps) // cost)]
+        out = self._evaluate(lrs) if lrs else []
+        if len(lrs) < len(requested):
+            raise BudgetExhausted(out)
+        return out
+
+    def _evaluate(self, lrs: Sequence[float]) -> list:
         jobs = [(lr, s) for lr in lrs for s in self.seeds]
         if self.executor is None:
             results = []
@@ -436,37 +469,9 @@ def _key(x: float) -> float:
     return round(x, 9)
 
 
-def search_curve(evaluate: Callable[[list], list], lr_range=DEFAULT_LR_RANGE, *, tol: float = 0.125,
-                 smooth: float = 0.15, max_rounds: int = 10, max_extend: int = 6,
-                 plateau: float = 0.05, width: int = 1, patience: int = 2) -> tuple:
-    """The adaptive evaluation of section 3.3 over any ``evaluate(lrs) -> [per-seed losses]``.
-
-    1. A coarse grid at half-decade spacing over ``lr_range``, evaluated from small to large rates in
-       chunks of ``width``; once ``patience`` consecutive rates have diverged (all losses infinite)
-       the larger rates are skipped.
-    2. Rounds of: analyse the mean curve; extend by half a decade to the right when the minimum is the
-       largest rate, to the left when the minimum is the smallest rate or the small-lr end is not yet
-       flat (its first step down exceeds ``plateau`` of the total drop), at most ``max_extend`` points
-       per side; add the log-midpoint between each point of interest (``max_lr``, ``min_lr``,
-       ``half_drop``, ``steepest``) and each neighbour farther than ``tol`` decades (the bracketing
-       pair for the interpolated ``half_drop``).  Stop when nothing is added or after ``max_rounds``.
-
-    Returns ``(points, analysis, info)``: ``points`` maps log10(lr) to the tuple of per-seed losses,
-    ``analysis`` is the :class:`~autostep.finder.curve.CurveAnalysis` of the mean curve.
-    """
-    lo, hi = _check_lr_range(lr_range)
-    tol = _check_number("tol", tol, hint=" (decades within which each point of interest is known)")
-    _check_int("max_rounds", max_rounds, 0)
-    _check_int("max_extend", max_extend, 0)
-    points: dict = {}
-    info = {"rounds": 0, "extended_left": 0, "extended_right": 0, "skipped": 0, "notes": []}
-
-    def run(xs: list) -> None:
-        xs = [x for x in xs if _key(x) not in points]
-        if xs:
-            for x, losses in zip(xs, evaluate([10.0 ** x for x in xs])):
-                points[_key(x)] = tuple(float(v) for v in losses)
-
+def _refine(run, mean_curve, points, info, lo, hi, tol, smooth, max_rounds, max_extend, plateau,
+            width, patience) -> None:
+    """The coarse grid and the refinement rounds of :func:`search_curve` (fills ``points``)."""
     lx, hx = math.log10(lo), math.log10(hi)
     n = int(math.floor((hx - lx) / _GRID + 1e-9))
     grid = [lx + _GRID * i for i in range(n + 1)]
@@ -482,14 +487,6 @@ def search_curve(evaluate: Callable[[list], list], lr_range=DEFAULT_LR_RANGE, *,
         if run_of_div >= patience:
             info["skipped"] = len(grid) - start - len(chunk)
             break
-
-    def mean_curve():
-        xs = sorted(points)
-        ys = []
-        for x in xs:
-            v = points[x]
-            ys.append(math.inf if any(not math.isfinite(u) for u in v) else sum(v) / len(v))
-        return xs, ys
 
     xs, ys = mean_curve()
     analysis = analyze([10.0 ** x for x in xs], ys, smooth)
@@ -526,6 +523,64 @@ def search_curve(evaluate: Callable[[list], list], lr_range=DEFAULT_LR_RANGE, *,
         analysis = analyze([10.0 ** x for x in xs_], ys, smooth)
     else:
         info["notes"].append(f"stopped after max_rounds={max_rounds} rounds of refinement")
+
+
+def search_curve(evaluate: Callable[[list], list], lr_range=DEFAULT_LR_RANGE, *, tol: float = 0.125,
+                 smooth: float = 0.15, max_rounds: int = 10, max_extend: int = 6,
+                 plateau: float = 0.05, width: int = 1, patience: int = 2) -> tuple:
+    """The adaptive evaluation of section 3.3 over any ``evaluate(lrs) -> [per-seed losses]``.
+
+    1. A coarse grid at half-decade spacing over ``lr_range``, evaluated from small to large rates in
+       chunks of ``width``; once ``patience`` consecutive rates have diverged (all losses infinite)
+       the larger rates are skipped.
+    2. Rounds of: analyse the mean curve; extend by half a decade to the right when the minimum is the
+       largest rate, to the left when the minimum is the smallest rate or the small-lr end is not yet
+       flat (its first step down exceeds ``plateau`` of the total drop), at most ``max_extend`` points
+       per side; add the log-midpoint between each point of interest (``max_lr``, ``min_lr``,
+       ``half_drop``, ``steepest``) and each neighbour farther than ``tol`` decades (the bracketing
+       pair for the interpolated ``half_drop``).  Stop when nothing is added or after ``max_rounds``.
+
+    Returns ``(points, analysis, info)``: ``points`` maps log10(lr) to the tuple of per-seed losses,
+    ``analysis`` is the :class:`~autostep.finder.curve.CurveAnalysis` of the mean curve.
+    """
+    lo, hi = _check_lr_range(lr_range)
+    tol = _check_number("tol", tol, hint=" (decades within which each point of interest is known)")
+    _check_int("max_rounds", max_rounds, 0)
+    _check_int("max_extend", max_extend, 0)
+    points: dict = {}
+    info = {"rounds": 0, "extended_left": 0, "extended_right": 0, "skipped": 0, "notes": []}
+
+    def run(xs: list) -> None:
+        xs = [x for x in xs if _key(x) not in points]
+        if xs:
+            try:
+                results = evaluate([10.0 ** x for x in xs])
+            except BudgetExhausted as exc:  # keep what was measured before the budget ran out
+                results = exc.partial
+                for x, losses in zip(xs, results):
+                    points[_key(x)] = tuple(float(v) for v in losses)
+                raise
+            for x, losses in zip(xs, results):
+                points[_key(x)] = tuple(float(v) for v in losses)
+
+    def mean_curve():
+        xs = sorted(points)
+        ys = []
+        for x in xs:
+            v = points[x]
+            ys.append(math.inf if any(not math.isfinite(u) for u in v) else sum(v) / len(v))
+        return xs, ys
+
+    try:
+        _refine(run, mean_curve, points, info, lo, hi, tol, smooth, max_rounds, max_extend,
+                plateau, width, patience)
+    except BudgetExhausted:
+        info["budget_exhausted"] = True
+        info["notes"].append("the step budget ran out; the curve is read from the trials so far")
+    if not points:
+        raise ValueError("the step budget does not fit a single trial; raise budget_steps")
+    xs, ys = mean_curve()
+    analysis = analyze([10.0 ** x for x in xs], ys, smooth)
     info["notes"].extend(analysis.notes)
     return points, analysis, info
 
@@ -535,7 +590,8 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
             pick: str = "log_midpoint", seeds=None, smooth: float = 0.15, diverge: float = 4.0,
             max_rounds: int = 10, max_extend: int = 6, eval_mode: bool = True, executor=None,
             workers: int = 2, progress: Optional[bool] = None,
-            reducer: Optional[Reducer] = None) -> FinderResult:
+            reducer: Optional[Reducer] = None, schedule: Optional[str] = None,
+            total_steps: Optional[int] = None, budget_steps: Optional[int] = None) -> FinderResult:
     """Search the learning rate by step sampling with reset (``lr-step-sampling-search.txt``).
 
     Parameters
@@ -584,6 +640,23 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
         Show a tqdm bar (``None``: when stderr is a terminal).
     reducer:
         The :class:`~autostep.distributed.Reducer` used under ``torch.distributed``.
+    schedule:
+        ``None`` (default): the paper's search and picks, for a rate to train with as it is.
+        ``"cosine"`` (warm-up + cosine), ``"linear"`` (warm-up + linear decay to zero) or
+        ``"constant"``: return the *peak* rate for training with that schedule, corrected for the
+        short-horizon bias of few-step trials: every trial runs the schedule compressed into its
+        steps, the best rate is refined by bisection, and scaled by a per-schedule factor
+        calibrated on the benchmark's problems (:mod:`autostep.finder.peak`,
+        ``benchmarks/finder_calibration.md``).  ``result.pick`` is then ``"peak"``;
+        ``result.picks`` also holds ``"best"`` (before scaling) and the paper's three picks of
+        the sparse curve.
+    total_steps:
+        Length of the training run the rate is for; sets the default ``budget_steps`` to 10 % of it.
+    budget_steps:
+        Most training steps all trials together may take (every seed counted).  Trials are then
+        shortened so that about five fit (at least 2 steps, at most ``steps``), and the search
+        stops, answering from the trials it has, when the next trial would not fit.
+        ``result.steps_spent <= budget_steps`` always.
 
     Returns
     -------
@@ -600,6 +673,17 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
         raise ValueError(f"pick must be one of {PICKS}, got {pick!r}")
     seed_list = _normalise_seeds(seeds)
     _check_lr_range(lr_range)
+    if schedule is not None and schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be None or one of {SCHEDULES}, got {schedule!r}")
+    if total_steps is not None:
+        _check_int("total_steps", total_steps, 1, " (the length of the training run)")
+        if budget_steps is None:
+            budget_steps = max(total_steps // 10, 4 * len(seed_list))
+    if budget_steps is not None:
+        _check_int("budget_steps", budget_steps, 4 * len(seed_list),
+                   f" (at least two trials of two steps for each of the {len(seed_list)} seeds)")
+        _check_int("steps", steps, 1, " (training steps per trial; the paper uses 20)")
+        steps = trial_steps(budget_steps, steps, len(seed_list))
     smooth = _check_number("smooth", smooth, strict=False,
                            hint=" (bandwidth in decades; 0 disables smoothing)")
     _check_int("workers", workers, 1)
@@ -613,17 +697,21 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
     if executor == "process" and any(p.is_cuda for p in model.parameters()):
         raise ValueError("executor='process' runs CPU workers; for a model on the GPU use "
                          "executor=None (or one process per GPU through your own executor)")
+    lr_factor = None if schedule is None else functools.partial(trial_factor, schedule)
     runner = TrialRunner(model, make_optimizer, loss_fn, train_data, val_data, steps,
-                         diverge=diverge, eval_mode=eval_mode, reducer=reducer)
+                         diverge=diverge, eval_mode=eval_mode, reducer=reducer, lr_factor=lr_factor)
     payload = None
     if executor is not None:
         payload = dict(model=model, make_optimizer=make_optimizer, loss_fn=loss_fn,
                        train_data=train_data, val_data=val_data, steps=steps, diverge=diverge,
-                       eval_mode=eval_mode, rng_state=runner._rng.cpu)
+                       eval_mode=eval_mode, rng_state=runner._rng.cpu, lr_factor=lr_factor)
     bar = progress_bar(progress, None, "find_lr")
     evaluator = None
     try:
-        evaluator = _Evaluator(runner, payload, seed_list, executor, workers, bar)
+        evaluator = _Evaluator(runner, payload, seed_list, executor, workers, bar, budget_steps)
+        if schedule is not None:
+            return _find_peak(runner, evaluator, lr_range, tol, smooth, schedule, budget_steps,
+                              total_steps)
         points, analysis, info = search_curve(
             evaluator, lr_range, tol=tol, smooth=smooth, max_rounds=max_rounds,
             max_extend=max_extend, width=evaluator.width)
@@ -645,10 +733,38 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
     picks = analysis.picks
     info["evaluations"] = len(evaluator.trials) * len(seed_list)
     info["seeds"] = seed_list
+    info["trial_steps"] = steps
+    info["budget_steps"] = budget_steps
     result = FinderResult(lr=picks[pick], window=analysis.window, picks=picks, pick=pick,
                           trials=evaluator.trials, spread=spread, steps_spent=evaluator.steps,
                           method="step_sampling", curve=analysis, info=info)
     _check_viable(result)
+    return result
+
+
+def _find_peak(runner: TrialRunner, evaluator: "_Evaluator", lr_range, tol: float, smooth: float,
+               schedule: str, budget_steps: Optional[int], total_steps: Optional[int]) -> FinderResult:
+    """The schedule-aware search (:mod:`autostep.finder.peak`): the peak rate for ``schedule``."""
+    y0 = runner.initial_loss()
+
+    def evaluate(lr: float) -> float:
+        losses = evaluator([lr])[0]
+        return math.inf if any(not math.isfinite(v) for v in losses) else sum(losses) / len(losses)
+
+    best, points, info = peak_search(evaluate, y0, _check_lr_range(lr_range), tol=tol)
+    xs = sorted(points)
+    analysis = analyze([10.0 ** x for x in xs], [points[x] for x in xs], smooth, y_top=y0)
+    scale = PEAK_SCALE[schedule]
+    lr = math.nan if best is None else best * scale
+    picks = dict(analysis.picks, best=math.nan if best is None else best, peak=lr)
+    info.update(schedule=schedule, scale=scale, raw_lr=best, total_steps=total_steps,
+                budget_steps=budget_steps, trial_steps=runner.steps, seeds=evaluator.seeds,
+                evaluations=len(evaluator.trials) * len(evaluator.seeds), rounds=0)
+    info["notes"].extend(analysis.notes)
+    result = FinderResult(lr=lr, window=analysis.window, picks=picks, pick="peak",
+                          trials=evaluator.trials, spread={}, steps_spent=evaluator.steps,
+                          method="step_sampling", curve=analysis, info=info)
+    _check_viable(result)  # raises when every trial diverged
     return result
 
 
