@@ -450,6 +450,11 @@ class ClosureEvaluator:
         self.loss_eps = 0.0
         self._loss_t: torch.Tensor | None = None
         self._undo: tuple | None = None
+        # for abort(): buffers, .grad objects and the values a torch-style closure accumulated
+        # into, as they were before the first evaluation
+        self._pre_buffers: list | None = None
+        self._before: list | None = None
+        self._pre_grads: list | None = None
 
     # ------------------------------------------------------------------ first evaluation
     def _start(self, with_grad: bool, read: bool = True) -> torch.Tensor:
@@ -500,6 +505,8 @@ class ClosureEvaluator:
             raise
         if self.torch_style and rec.diff is not None:
             self.slope_grads = rec.diff
+        self._before, self._pre_grads = before, rec.pre
+        self._pre_buffers = self.buffers._items  # the copies taken before this evaluation
         return loss
 
     def _undo_start(self) -> None:
@@ -549,7 +556,10 @@ class ClosureEvaluator:
     def _after_start(self) -> None:
         self._rng_after = RNGSnapshot()
         self._grads = [p.grad for p in self.params]
-        self.buffers.save()  # the first evaluation's buffer updates are kept; trials' are not
+        # the copies taken before the first evaluation stay with us for abort(); save() makes new
+        # ones of the buffers as the first evaluation left them (kept; trials' updates are not)
+        self.buffers._items = []
+        self.buffers.save()
 
     def first(self, read: bool = True) -> torch.Tensor:
         """Evaluate the closure with grad enabled; back-propagate unless the closure did.
@@ -631,6 +641,25 @@ class ClosureEvaluator:
 
     def refresh_grad_versions(self) -> None:
         """Kept for callers of the older API (trials no longer check ``.grad`` versions)."""
+
+    def abort(self) -> None:
+        """Undo what the evaluations of a step that is failing left behind, whatever the point of
+        failure after a successful start: the module buffers the first evaluation changed
+        (BatchNorm statistics), the ``.grad`` fields (a torch-style closure's accumulation
+        included) and the generator state, back to before the step, so a retried step sees the
+        same random numbers.  :meth:`finish` then does nothing."""
+        if self._pre_buffers is not None:
+            _restore_items(self._pre_buffers)
+        if self._before is not None:
+            pre = self._pre_grads
+            for i, (p, (g, _)) in enumerate(zip(self.params, self._before)):
+                if pre is not None and pre[i] is not None and g is not None:
+                    with torch.no_grad():  # a torch-style closure accumulated into it in place
+                        g.copy_(pre[i])
+                p.grad = g
+        if self._rng_before is not None:
+            self._rng_before.restore()
+        self._rng_after = None
 
     def finish(self) -> None:
         """Leave the generators where the first evaluation left them."""

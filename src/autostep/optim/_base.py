@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .._closure import ClosureEvaluator
+from .._closure import ClosureEvaluator, NonFiniteLossError
 from .._line import Line, axpy_
 from . import _functional as F
 from . import _validate as V
@@ -175,7 +175,8 @@ class ArmijoOptimizer(AutostepOptimizer):
         group.setdefault("lr_cap", None)
 
     def _validate_group(self, group: dict) -> None:
-        V.positive("lr", group["lr"])
+        # a loaded group may hold a scheduler's value (a cap, 0 during a warm-up, above max_lr)
+        (V.nonnegative if self._loading else V.positive)("lr", group["lr"])
         V.open_unit("c", group["c"], " (the Armijo constant)")
         V.open_unit("backtrack", group["backtrack"], " (the factor a rejected step size is multiplied by)")
         V.positive("growth_steps", group["growth_steps"])
@@ -183,7 +184,7 @@ class ArmijoOptimizer(AutostepOptimizer):
         V.nonnegative("min_lr", group["min_lr"])
         if group["min_lr"] > group["max_lr"]:
             raise ValueError(f"min_lr ({group['min_lr']}) must not exceed max_lr ({group['max_lr']})")
-        if group["lr"] > group["max_lr"]:
+        if group["lr"] > group["max_lr"] and not self._loading:
             raise ValueError(f"lr ({group['lr']}) must not exceed max_lr ({group['max_lr']}); raise max_lr")
         V.positive_int("max_trials", group["max_trials"])
         V.choice("reset", group["reset"], ("growth", "double", "none"))
@@ -192,7 +193,8 @@ class ArmijoOptimizer(AutostepOptimizer):
     # ------------------------------------------------------------------ public read-outs
     @property
     def skipped_steps(self) -> int:
-        """Steps whose search exhausted ``max_trials`` and left the parameters unchanged."""
+        """Steps that left the parameters unchanged: the search exhausted ``max_trials``, or the
+        start loss or gradient was not finite (those also count in :attr:`nonfinite_steps`)."""
         return self._ls["skipped"]
 
     @property
@@ -306,17 +308,24 @@ class ArmijoOptimizer(AutostepOptimizer):
         Returns the loss at the start point (the closure's first evaluation, detached).
         ``step(None)`` with all-zero gradients only creates the state (torch's distributed
         checkpoint helpers call it so) and returns ``None``.
+
+        A step whose start loss or gradient is NaN/inf is skipped before anything changes
+        (:attr:`skipped_steps`, :attr:`nonfinite_steps`, a ``RuntimeWarning``).  A step that raises
+        (an exception or ``KeyboardInterrupt`` in the closure, a broken closure contract) leaves
+        the optimizer as it was before the call: parameters, moments, counters, EMAs, step sizes,
+        ``.grad``, module buffers and the random generators.
         """
         if self._init_call(closure):
             return None
+        undo = self._begin_step()
         ev = self._evaluator(closure)
-        # forward + backward; the start loss stays on the device until the one read below
-        loss = ev.first(read=False)
         ls = self._ls
         info: dict = {"loss": None, "trials": 0, "searched": False, "accepted": False,
                       "skipped": None}
         line: Line | None = None
         try:
+            # forward + backward; the start loss stays on the device until the one read below
+            loss = ev.first(read=False)
             segs = self._segments(ev)
             self._check_grads(segs)
             clip = self._clip_coef([g for sg in segs for g in sg.grads])
@@ -341,18 +350,31 @@ class ArmijoOptimizer(AutostepOptimizer):
             elif plan.s is not None and clip < 1.0:
                 # the Armijo slope is <g, d> with the unclipped g = g_clipped / clip
                 plan.s = plan.s / clip
-            # the one host read before the trials: start loss and decrease terms together (a
-            # non-finite start loss undoes the first evaluation and raises; nothing changed)
-            s = ev.read_start(plan.s)
+            # the one host read before the trials: start loss and decrease terms together (and,
+            # when no decrease term is computed, the gradients' finiteness)
+            extra = plan.s if plan.s is not None else V.tensor_list_finite(
+                [g for sg in segs for g in sg.grads]).reshape(1)
+            try:
+                s = ev.read_start(extra)
+            except NonFiniteLossError:
+                # the first evaluation was undone (buffers, generators, .grad): skip the step
+                return self._skip(ev, "start loss", loss, undo)
             info["loss"] = ev.loss0
+            if not all(math.isfinite(si) for si in s) and not self._grads_finite(ev):
+                # an inf/NaN gradient (GradScaler overflow): skip before any state changes
+                return self._skip(ev, "gradient", loss, undo)
+            if plan.s is None:
+                s = []
             ls["step"] += 1
             self._sync_external_lr()
             if not any(sg.params for sg in segs):
                 info["skipped"] = "no gradients"
             elif not all(math.isfinite(si) for si in s):
-                # an inf/NaN gradient (GradScaler overflow): skip before any state changes
-                info["skipped"] = "non-finite gradient"
+                # finite gradients whose decrease term overflows: an extreme loss scale
+                self._warn_scale("the first-order decrease term overflows the float range")
+                info["skipped"] = "decrease term overflow"
                 ls["skipped"] += 1
+                plan.commit()
             elif reuse:
                 # amortised mode: reuse the settled step size (under the cap), no trial forward
                 plan.commit()
@@ -376,6 +398,7 @@ class ArmijoOptimizer(AutostepOptimizer):
                 line.save()
                 line.set_dirs(plan.search)
                 accepted, etas, trials, dec = self._search(ev, line, segs, etas, s, zero)
+                # the last closure call is behind us: from here on the step commits
                 info.update(searched=True, trials=trials, accepted=accepted, decrease=dec)
                 plan.commit()
                 ls["searches"] += 1
@@ -405,6 +428,8 @@ class ArmijoOptimizer(AutostepOptimizer):
         except BaseException:
             if line is not None:
                 line.restore()
+            ev.abort()
+            undo.restore(self)
             raise
         finally:
             ev.finish()

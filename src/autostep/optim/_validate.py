@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Iterable
+
+import torch
 
 
 def _num(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ValueError(f"{name} must be a number, got {type(value).__name__} {value!r}")
     value = float(value)
     if not math.isfinite(value):
@@ -66,3 +69,32 @@ def choice(name: str, value: Any, options: Iterable[str]) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
     return value
+
+
+def step_lr(index: int, value: Any, allow_zero: bool = False) -> float:
+    """The ``lr`` of ``param_groups[index]`` as the step about to run (or a load) sees it.
+
+    Unlike the construction-time checks this names where a bad value usually comes from: an LR
+    scheduler, user code writing ``group["lr"]``, or a loaded state dict.
+    """
+    where = f"param_groups[{index}]['lr']"
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.requires_grad:
+        value = value.item()
+    ok = not isinstance(value, bool) and isinstance(value, numbers.Real)
+    v = float(value) if ok else math.nan
+    if not ok or not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ValueError(
+            f"{where} is {value!r}; it must be a finite number {bound}. It was set after construction "
+            "(by an LR scheduler, by code writing group['lr'], or by load_state_dict); nothing was "
+            "changed. Set it to a valid value (e.g. the initial lr) before the next step."
+        )
+    return v
+
+
+def tensor_list_finite(ts) -> "torch.Tensor":
+    """``sum_i max|t_i|`` as a 0-d float64 tensor: finite iff every element of every tensor is
+    finite (NaN and inf propagate; float64 cannot overflow on float32/16 maxima)."""
+    if not ts:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.stack(torch._foreach_norm(list(ts), math.inf, dtype=torch.float64)).sum()

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .._closure import ClosureEvaluator
+from .._closure import ClosureEvaluator, NonFiniteLossError
 from .._line import Line
 from . import _parabola as P
 from . import _validate as V
@@ -113,6 +113,7 @@ class LABPAL(_LineOptimizer):
         last call (and ``last_step["fit"]`` the last fit when the call ended a phase).
     """ + CLOSURE_DOC
 
+    _state_keys = ("direction", "momentum_buffer", "win")
     _shared = ("mode", "alpha", "approx_batches", "reuse_steps", "sample_step", "max_step",
                "total_steps", "noise_factor")
 
@@ -231,12 +232,11 @@ class LABPAL(_LineOptimizer):
                     continue
                 st = self.state[p]
                 buf = st.get("direction")
-                if buf is None:
+                # new tensors, never in place: a call that raises later restores the old buffers
+                if buf is None or new_window or st.get("win") != w:
                     st["direction"] = p.grad.detach().clone()
-                elif new_window or st.get("win") != w:
-                    buf.copy_(p.grad)
                 else:
-                    buf.add_(p.grad)
+                    st["direction"] = torch.add(buf, p.grad)
                 st["win"] = w
 
     def _finish_direction(self, members: list[list], k: int) -> list[list]:
@@ -245,7 +245,9 @@ class LABPAL(_LineOptimizer):
         for group, ps in zip(self.param_groups, members):
             bufs = [self.state[p]["direction"] for p in ps]
             if k > 1 and bufs:
-                torch._foreach_mul_(bufs, 1.0 / k)
+                bufs = list(torch._foreach_mul(bufs, 1.0 / k))
+                for p, b in zip(ps, bufs):
+                    self.state[p]["direction"] = b
             beta = group["momentum"]
             if beta > 0 and ps:
                 moms = []
@@ -254,7 +256,7 @@ class LABPAL(_LineOptimizer):
                     if "momentum_buffer" not in st:
                         st["momentum_buffer"] = b.clone()
                     else:
-                        st["momentum_buffer"].mul_(beta).add_(b)
+                        st["momentum_buffer"] = st["momentum_buffer"].mul(beta).add_(b)
                     moms.append(st["momentum_buffer"])
                 dirs.append(moms)
             else:
@@ -287,44 +289,51 @@ class LABPAL(_LineOptimizer):
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
         """Consume one batch; ``closure`` returns its loss (see the class docstring).
 
-        Returns the loss at the current parameters (the call's first evaluation, detached).
-        ``step(None)`` with all-zero gradients only creates the state (torch's distributed
-        checkpoint helpers call it so) and returns ``None``.
+        Returns the loss at the current parameters (the call's first evaluation, detached).  A
+        non-finite start loss or gradient skips the call before anything changes (it does not
+        count as a step); a call that raises leaves the optimizer as it was.  ``step(None)`` with
+        all-zero gradients only creates the state (torch's distributed checkpoint helpers call it
+        so) and returns ``None``.
         """
         if self._init_call(closure):
             return None
+        undo = self._begin_step()
         self._warn_external_writes()
         ls = self._ls
         ev = self._evaluator(closure)
-        if ls["phase"] == "approx":
+        swapped = None
+        try:
             start = ls["pos"] == 0
             k = self.batch_multiplier() if start else ls["k"]
-            measuring = not start and ls["pos"] >= k
-            loss = ev.measure() if measuring else ev.first()
+            measuring = ls["phase"] == "approx" and not start and ls["pos"] >= k
+            try:
+                loss = ev.measure() if measuring else ev.first()
+            except NonFiniteLossError:
+                return self._skip(ev, "start loss", torch.tensor(ev.loss0, device=ev.device), undo)
+            if not measuring and not self._grads_finite(ev):
+                return self._skip(ev, "gradient", loss, undo)
             swapped = None if measuring else self._clip_swap()
-            try:
+            if ls["phase"] == "approx":
                 info = self._approx_call(ev, start, k)
-            finally:
-                self._unswap(swapped)
-                ev.finish()
-        else:
-            start = ls["pos"] == 0
-            k = self.batch_multiplier() if start else ls["k"]
-            loss = ev.first()
-            swapped = self._clip_swap()
-            try:
+            else:
                 info = self._train_call(start, k)
-            finally:
-                self._unswap(swapped)
-                ev.finish()
-        ls["step"] += 1
-        ls["forwards"] += ev.forwards
-        ls["backwards"] += ev.backwards
-        ls["trials"] += info.get("trials", 0)
-        info.update(loss=ev.loss0, forwards=ev.forwards, backwards=ev.backwards,
-                    lr=self.param_groups[0]["lr"], step_size=ls["step_size"])
-        self._note_written_lr()
-        self.last_step = info
+            self._unswap(swapped)
+            swapped = None
+            ls["step"] += 1
+            ls["forwards"] += ev.forwards
+            ls["backwards"] += ev.backwards
+            ls["trials"] += info.get("trials", 0)
+            info.update(loss=ev.loss0, forwards=ev.forwards, backwards=ev.backwards,
+                        lr=self.param_groups[0]["lr"], step_size=ls["step_size"])
+            self._note_written_lr()
+            self.last_step = info
+        except BaseException:
+            self._unswap(swapped)
+            ev.abort()
+            undo.restore(self)
+            raise
+        finally:
+            ev.finish()
         return loss
 
     def _approx_call(self, ev: ClosureEvaluator, start: bool, k: int) -> dict:
@@ -353,7 +362,7 @@ class LABPAL(_LineOptimizer):
                     for ps, d in zip(members, dirs):
                         for p, t in zip(ps, d):
                             if self.state[p]["direction"] is not t:
-                                self.state[p]["direction"].copy_(t)
+                                self.state[p]["direction"] = t.clone()
                 values = self._measure(ev, members, mu, norm, info)
         else:
             values = self._measure(ev, self._members(), mu, ls["dir_norm"], info)
@@ -450,10 +459,7 @@ class LABPAL(_LineOptimizer):
                 for ps in members:
                     for p in ps:
                         st = self.state[p]
-                        if "direction" not in st:
-                            st["direction"] = p.grad.detach().clone()
-                        else:
-                            st["direction"].copy_(p.grad)
+                        st["direction"] = p.grad.detach().clone()
                         st["win"] = ls_w
                 dirs = self._finish_direction(members, 1)
             else:

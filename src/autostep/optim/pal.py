@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .._closure import ClosureEvaluator
+from .._closure import ClosureEvaluator, NonFiniteLossError
 from .._line import Line
 from . import _parabola as P
 from . import _validate as V
@@ -32,8 +32,13 @@ CLOSURE_DOC = """
         then once per trial point under ``torch.no_grad()``, replaying the same random numbers
         (dropout masks) and restoring module buffers (BatchNorm statistics) after each trial, so only
         the first evaluation of a call changes buffers.  ``step`` returns the loss at the start point
-        of the call (detached).  A non-finite start loss raises
-        :class:`autostep.NonFiniteLossError` and changes nothing.
+        of the call (detached).
+
+    Faults
+        A NaN/inf start loss or gradient skips the call before anything changes (counted in
+        ``skipped_steps`` and ``nonfinite_steps``, with a ``RuntimeWarning``).  A call that raises
+        (an exception or ``KeyboardInterrupt`` in the closure) leaves the optimizer, ``.grad``,
+        module buffers and the random generators as they were before it.
 """
 
 
@@ -137,6 +142,7 @@ class PAL(_LineOptimizer):
     """ + CLOSURE_DOC
 
     _shared = ("measuring_step", "alpha", "max_step")
+    _state_keys = ("momentum_buffer",)
 
     def __init__(self, params, measuring_step: float = 0.1, alpha: float = 1.66,
                  max_step: float = 3.16, momentum: float = 0.0, lr: float = 0.0,
@@ -171,25 +177,34 @@ class PAL(_LineOptimizer):
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
         """Take one PAL step; ``closure`` returns the mini-batch loss (see the class docstring).
 
-        Returns the loss at the start point.  ``step(None)`` with all-zero gradients only creates
-        the state (torch's distributed checkpoint helpers call it so) and returns ``None``.
+        Returns the loss at the start point.  A non-finite start loss or gradient skips the step
+        before anything changes; a step that raises leaves the optimizer as it was (see
+        :class:`~autostep.optim._common.AutostepOptimizer`).  ``step(None)`` with all-zero
+        gradients only creates the state (torch's distributed checkpoint helpers call it so) and
+        returns ``None``.
         """
         if self._init_call(closure):
             return None
+        undo = self._begin_step()
         self._warn_external_writes()
         ev = self._evaluator(closure)
-        loss = ev.first()
-        first = self.param_groups[0]
-        mu, alpha, s_max = first["measuring_step"], first["alpha"], first["max_step"]
-        params = self._with_grad()
-        grads = [[p.grad for p in ps] for ps in params]
-        clip = self._clip_coef([g for gs in grads for g in gs])
-        if clip < 1.0:  # clipped copies; .grad stays as the closure left it
-            grads = [list(torch._foreach_mul(gs, clip)) if gs else [] for gs in grads]
         line: Line | None = None
-        new_bufs: list = []
-        info: dict = {"loss": ev.loss0, "trials": 0, "clip": clip}
         try:
+            try:
+                loss = ev.first()
+            except NonFiniteLossError:
+                return self._skip(ev, "start loss", torch.tensor(ev.loss0, device=ev.device), undo)
+            if not self._grads_finite(ev):
+                return self._skip(ev, "gradient", loss, undo)
+            first = self.param_groups[0]
+            mu, alpha, s_max = first["measuring_step"], first["alpha"], first["max_step"]
+            params = self._with_grad()
+            grads = [[p.grad for p in ps] for ps in params]
+            clip = self._clip_coef([g for gs in grads for g in gs])
+            if clip < 1.0:  # clipped copies; .grad stays as the closure left it
+                grads = [list(torch._foreach_mul(gs, clip)) if gs else [] for gs in grads]
+            new_bufs: list = []
+            info: dict = {"loss": ev.loss0, "trials": 0, "clip": clip}
             dirs = []
             for group, ps, gs in zip(self.param_groups, params, grads):
                 beta = group["momentum"]
@@ -217,6 +232,7 @@ class PAL(_LineOptimizer):
                 line = Line(params, dirs)
                 line.move([mu / norm] * len(params))
                 f_mu = ev.trial()
+                # the last closure call is behind us: from here on the step commits
                 info["trials"] = 1
                 s_upd, case, a = P.pal_step(ev.loss0, f_mu, slope, mu, alpha, s_max)
                 if s_upd > 0:
@@ -225,30 +241,32 @@ class PAL(_LineOptimizer):
                                  for g, ps in zip(self.param_groups, params)], line.w0)
                 else:
                     line.restore()
+            for ps, d in new_bufs:
+                for p, t in zip(ps, d):
+                    self.state[p]["momentum_buffer"] = t
+            lr = s_upd / norm if s_upd > 0 else 0.0
+            for group in self.param_groups:
+                group["lr"] = lr
+            ls = self._ls
+            ls["step"] += 1
+            ls["forwards"] += ev.forwards
+            ls["backwards"] += ev.backwards
+            ls["trials"] += info["trials"]
+            ls["step_size"] = s_upd
+            if s_upd <= 0:
+                ls["skipped"] += 1
+            info.update(case=case, step_size=s_upd, lr=lr, a=a, b=slope, loss_mu=f_mu,
+                        direction_norm=norm, forwards=ev.forwards, backwards=ev.backwards)
+            self._note_written_lr()
+            self.last_step = info
         except BaseException:
             if line is not None:
                 line.restore()
+            ev.abort()
+            undo.restore(self)
             raise
         finally:
             ev.finish()
             if line is not None:
                 line.release()
-        for ps, d in new_bufs:
-            for p, t in zip(ps, d):
-                self.state[p]["momentum_buffer"] = t
-        lr = s_upd / norm if s_upd > 0 else 0.0
-        for group in self.param_groups:
-            group["lr"] = lr
-        ls = self._ls
-        ls["step"] += 1
-        ls["forwards"] += ev.forwards
-        ls["backwards"] += ev.backwards
-        ls["trials"] += info["trials"]
-        ls["step_size"] = s_upd
-        if s_upd <= 0:
-            ls["skipped"] += 1
-        info.update(case=case, step_size=s_upd, lr=lr, a=a, b=slope, loss_mu=f_mu,
-                    direction_norm=norm, forwards=ev.forwards, backwards=ev.backwards)
-        self._note_written_lr()
-        self.last_step = info
         return loss

@@ -37,8 +37,14 @@ _COMMON_DOC = """
         At most ``max_trials`` trial forwards per step; a non-finite trial loss is a rejection.  When
         every trial fails the parameters are restored and the step is **skipped** (counted in
         ``skipped_steps``), and the step size stays at the smallest size tested (never below
-        ``min_lr``).  A non-finite start loss raises :class:`autostep.NonFiniteLossError` and changes
-        nothing.  A zero search direction costs no trial forward.
+        ``min_lr``).  A NaN/inf start loss or gradient (mixed precision produces them) skips the
+        step before anything changes: parameters, moments, step counters, EMAs and step sizes stay
+        as they were; it counts in ``skipped_steps`` and ``nonfinite_steps`` and warns.  A step
+        that raises (an exception or ``KeyboardInterrupt`` in the closure, a broken closure
+        contract) leaves the optimizer, ``.grad``, module buffers and the random generators exactly
+        as before the call, so retrying it continues bit-for-bit.  A NaN/inf/non-positive ``lr``
+        written between steps is refused at the next step.  A zero search direction costs no trial
+        forward.
 
     Step size and schedulers
         ``param_groups[i]["lr"]`` holds the step size applied by the last step.  A value written
@@ -99,6 +105,8 @@ class SLS(ArmijoOptimizer):
 
 class _AdamDirection:
     """Mixin: Adam moments, the beta1 = 0 search direction and the momentum final update."""
+
+    _state_keys = ("step", "exp_avg", "exp_avg_sq")
 
     def _validate_adam(self, group: dict) -> None:
         V.betas("betas", group["betas"])

@@ -1,0 +1,665 @@
+"""Faults and bad input (issue 11, items 1-5, 9, 10) against every autostep optimizer.
+
+Every case either raises a clear error *before anything changed* -- parameters, ``.grad``,
+``state_dict()``, module buffers, the random generators -- or is handled correctly (a non-finite
+step is skipped and counted).  The table ``OPTS`` drives every test; ``FAULTS`` lists the injected
+faults and bad inputs by name (``test_fault_table_is_large_enough`` counts them).
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import math
+import warnings
+
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import autostep
+from autostep.optim.labpal import LABPAL
+from autostep.optim.pal import PAL
+
+# ---------------------------------------------------------------------------------------------
+# the table: every optimizer, and the variants whose state or step differ
+OPTS = {
+    "SLS": lambda ps: autostep.SLS(ps),
+    "AdamSLS": lambda ps: autostep.AdamSLS(ps),
+    "SALSA": lambda ps: autostep.SALSA(ps),
+    "SALSA-sgd": lambda ps: autostep.SALSA(ps, direction="sgd", lr=1.0, max_lr=10.0),
+    "SALSA-amortized": lambda ps: autostep.SALSA(ps, amortize=5),
+    "ALSALS": lambda ps: autostep.ALSALS(ps),
+    "ALSALS-smooth": lambda ps: autostep.ALSALS(ps, smooth=0.9),
+    "PLASLS": lambda ps: autostep.PLASLS(ps),
+    "PAL": lambda ps: PAL(ps),
+    "PAL-momentum": lambda ps: PAL(ps, momentum=0.4),
+    "LABPAL-sgd": lambda ps: LABPAL(ps, mode="sgd", approx_batches=2, reuse_steps=3),
+    "LABPAL-nsgd-momentum": lambda ps: LABPAL(ps, mode="nsgd", approx_batches=2, reuse_steps=3,
+                                              momentum=0.5),
+    "LABPAL-k2": lambda ps: LABPAL(ps, mode="sgd", approx_batches=2, reuse_steps=3, noise_factor=2.0),
+}
+NAMES = sorted(OPTS)
+
+FAULTS: list[str] = []  # names of the injected faults / bad inputs below (>= 40 asked)
+
+
+def fault(*names):
+    FAULTS.extend(names)
+    return list(names)
+
+
+# ---------------------------------------------------------------------------------------------
+# a small problem with dropout and BatchNorm (random numbers and buffers must be restored too)
+def data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 6, generator=g)
+    y = (x[:, :3].sum(1) > 0).long() + (x[:, 3] > 0.5).long()
+    return x, y
+
+
+X, Y = data()
+
+
+def model_for(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 12), nn.BatchNorm1d(12), nn.Tanh(), nn.Dropout(0.2),
+                         nn.Linear(12, 3))
+
+
+def batch(t):
+    idx = torch.arange(16) + (16 * t) % 48
+    return X[idx], Y[idx]
+
+
+def closure_for(model, t, fail_at=None, exc=KeyboardInterrupt):
+    """The loss of batch ``t``; with ``fail_at=j`` the ``j``-th call (1 = the first) raises."""
+    xb, yb = batch(t)
+    calls = [0]
+
+    def closure():
+        calls[0] += 1
+        if fail_at is not None and calls[0] == fail_at:
+            # fail after the forward ran: buffers and generators have moved
+            out = nn.functional.cross_entropy(model(xb), yb)
+            raise exc("injected fault")
+        return nn.functional.cross_entropy(model(xb), yb)
+
+    closure.calls = calls
+    return closure
+
+
+def fresh(name, seed=0):
+    torch.manual_seed(1234)
+    model = model_for(seed)
+    opt = OPTS[name](model.parameters())
+    torch.manual_seed(99)
+    return model, opt
+
+
+def run(model, opt, ts):
+    for t in ts:
+        opt.step(closure_for(model, t))
+
+
+def sd_bytes(obj):
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def snapshot(model, opt):
+    """Everything a failed step must leave as it was."""
+    return {
+        "params": [p.detach().clone() for p in model.parameters()],
+        "grads": [p.grad for p in model.parameters()],
+        "grad_values": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
+        "buffers": {k: v.clone() for k, v in model.state_dict().items()},
+        "opt": sd_bytes(opt.state_dict()),
+        "groups": copy.deepcopy([{k: v for k, v in g.items() if k != "params"}
+                                 for g in opt.param_groups]),
+        "rng": torch.get_rng_state(),
+        "counters": (opt.forwards, opt.backwards, opt.trials, opt.steps),
+    }
+
+
+def assert_unchanged(before, model, opt):
+    after = snapshot(model, opt)
+    for a, b in zip(before["params"], after["params"]):
+        assert torch.equal(a, b), "parameters changed"
+    for a, b in zip(before["grads"], after["grads"]):
+        assert a is b, ".grad object changed"
+    for a, b in zip(before["grad_values"], after["grad_values"]):
+        assert (a is None and b is None) or torch.equal(a, b), ".grad values changed"
+    for k, v in before["buffers"].items():
+        assert torch.equal(v, after["buffers"][k]), f"module buffer {k} changed"
+    assert _nan_equal(before["groups"], after["groups"]), "param groups changed"
+    assert before["opt"] == after["opt"], "state_dict() changed"
+    assert torch.equal(before["rng"], after["rng"]), "random generator state changed"
+    assert before["counters"] == after["counters"]
+
+
+def _nan_equal(a, b):
+    return repr(a) == repr(b)
+
+
+def assert_same_run(m1, o1, m2, o2):
+    for p, q in zip(m1.parameters(), m2.parameters()):
+        assert torch.equal(p, q)
+    for (k, v), (_, w) in zip(m1.state_dict().items(), m2.state_dict().items()):
+        assert torch.equal(v, w), k
+    assert sd_bytes(o1.state_dict()) == sd_bytes(o2.state_dict())
+
+
+def _without(obj, keys):
+    if isinstance(obj, dict):
+        return {k: _without(v, keys) for k, v in obj.items() if k not in keys}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_without(v, keys) for v in obj)
+    return obj
+
+
+# =============================================================================================
+# item 3: a step that raises leaves everything as it was; interrupt-then-retry == uninterrupted
+INTERRUPTS = fault(
+    "KeyboardInterrupt in the first evaluation",
+    "KeyboardInterrupt in the first trial",
+    "KeyboardInterrupt in a later trial",
+    "RuntimeError in a trial",
+    "ValueError in the first evaluation",
+    "KeyboardInterrupt inside backward (tensor hook)",
+    "zero_grad() inside the closure on the first step",
+    "backward() inside the closure on a trial",
+    "torch-style closure with accumulated gradients, interrupted in a trial",
+)
+
+
+def _calls_per_step(name, ts):
+    """How many closure calls each step of an uninterrupted run makes."""
+    model, opt = fresh(name)
+    out = []
+    for t in ts:
+        c = closure_for(model, t)
+        opt.step(c)
+        out.append(c.calls[0])
+    return out
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_interrupt_then_retry_equals_uninterrupted(name, data):
+    steps = 7
+    calls = _calls_per_step(name, range(steps))
+    t = data.draw(st.integers(0, steps - 1), label="interrupted step")
+    j = data.draw(st.integers(1, calls[t]), label="failing closure call")
+    exc = data.draw(st.sampled_from([KeyboardInterrupt, RuntimeError]), label="exception")
+
+    m_ref, o_ref = fresh(name)
+    run(m_ref, o_ref, range(steps))
+
+    model, opt = fresh(name)
+    run(model, opt, range(t))
+    before = snapshot(model, opt)
+    with pytest.raises(exc, match="injected fault"):
+        opt.step(closure_for(model, t, fail_at=j, exc=exc))
+    assert_unchanged(before, model, opt)
+    run(model, opt, range(t, steps))  # retry the step, then continue
+    assert_same_run(m_ref, o_ref, model, opt)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_interrupt_inside_backward_changes_nothing(name):
+    m_ref, o_ref = fresh(name)
+    run(m_ref, o_ref, range(4))
+    model, opt = fresh(name)
+    run(model, opt, range(2))
+    before = snapshot(model, opt)
+    w = next(model.parameters())
+
+    def boom(grad):
+        raise KeyboardInterrupt("injected fault in backward")
+
+    h = w.register_hook(boom)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="injected fault"):
+            opt.step(closure_for(model, 2))
+    finally:
+        h.remove()
+    assert_unchanged(before, model, opt)
+    run(model, opt, range(2, 4))
+    assert_same_run(m_ref, o_ref, model, opt)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_first_step_with_zero_grad_in_closure(name):
+    """A torch-style ``zero_grad()`` in the closure must either work or change nothing."""
+    m_ref, o_ref = fresh(name)
+    run(m_ref, o_ref, range(3))
+    model, opt = fresh(name)
+    xb, yb = batch(0)
+
+    def closure():
+        opt.zero_grad()
+        return nn.functional.cross_entropy(model(xb), yb)
+
+    before = snapshot(model, opt)
+    try:
+        opt.step(closure)
+    except autostep.ClosureError:
+        assert_unchanged(before, model, opt)
+        run(model, opt, range(3))
+        assert_same_run(m_ref, o_ref, model, opt)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_backward_in_closure_trial_changes_nothing(name):
+    model, opt = fresh(name)
+    run(model, opt, range(3))
+    xb, yb = batch(3)
+    calls = [0]
+
+    def closure():
+        calls[0] += 1
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        if calls[0] > 1 and torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    before = snapshot(model, opt)
+    try:
+        opt.step(closure)
+    except (autostep.ClosureError, RuntimeError):
+        assert_unchanged(before, model, opt)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torch_style_closure_with_accumulated_grads_interrupted_in_a_trial(name):
+    """A torch-style closure adds to gradients accumulated before the step; a trial that raises
+    must put the accumulated values (not the sum) back."""
+    model, opt = fresh(name)
+    run(model, opt, range(2))
+    xa, ya = batch(5)
+    nn.functional.cross_entropy(model(xa), ya).backward()  # accumulated before the step
+    before = snapshot(model, opt)
+    xb, yb = batch(2)
+    calls = [0]
+
+    def closure():
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt("injected fault")
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        if torch.is_grad_enabled():
+            loss.backward()
+        return loss
+
+    try:
+        opt.step(closure)
+    except KeyboardInterrupt:
+        assert_unchanged(before, model, opt)
+    else:
+        assert calls[0] == 1  # a call without trial (LABPAL's phases): nothing to interrupt
+
+
+# =============================================================================================
+# item 1: a non-finite gradient or start loss is skipped before anything changes
+class _Inject(torch.autograd.Function):
+    """Identity in the forward; the backward puts ``value`` at ``index`` of the gradient."""
+
+    @staticmethod
+    def forward(ctx, x, index, value):
+        ctx.index, ctx.value = index, value
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, g):
+        g = g.clone()
+        g.view(-1)[ctx.index] = ctx.value
+        return g, None, None
+
+
+NONFINITE = fault(
+    "NaN gradient entry", "+inf gradient entry", "-inf gradient entry",
+    "NaN start loss", "+inf start loss", "-inf start loss",
+    "inf gradient from a finite loss via sqrt(0) (the issue's reproduction)",
+)
+
+
+def _nonfinite_closure(model, t, kind, where, value):
+    xb, yb = batch(t)
+    params = list(model.parameters())
+
+    def closure():
+        loss = nn.functional.cross_entropy(model(xb), yb)
+        if kind == "loss":
+            return loss * value if math.isnan(value) else loss + value
+        p = params[where % len(params)]
+        if kind == "sqrt":
+            q = p.view(-1)[0]
+            return loss + torch.sqrt(q - q.detach())
+        return loss + (_Inject.apply(p, where % p.numel(), value) * 0).sum()
+
+    return closure
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=5, deadline=None)
+@given(kind=st.sampled_from(["grad", "loss", "sqrt"]),
+       value=st.sampled_from([math.nan, math.inf, -math.inf]),
+       where=st.integers(0, 40), t=st.integers(0, 5))
+def test_nonfinite_step_is_skipped_and_changes_nothing(name, kind, value, where, t):
+    m_ref, o_ref = fresh(name)
+    run(m_ref, o_ref, range(t + 3))
+
+    model, opt = fresh(name)
+    run(model, opt, range(t))
+    if kind != "loss":
+        # LABPAL's measuring calls evaluate without a backward: no gradient to corrupt there
+        m2, o2 = copy.deepcopy((model, opt))
+        o2.step(closure_for(m2, t))
+        assume(o2.last_step["backwards"] == 1)
+    before = snapshot(model, opt)
+    skipped = opt.skipped_steps
+    with pytest.warns(RuntimeWarning, match="not finite.*skipped"):
+        loss = opt.step(_nonfinite_closure(model, t, kind, where, value))
+    if kind == "loss":
+        assert not math.isfinite(float(loss))
+    assert opt.skipped_steps == skipped + 1 and opt.nonfinite_steps == 1
+    assert opt.last_step["skipped"].startswith("non-finite")
+    for a, p in zip(before["params"], model.parameters()):
+        assert torch.equal(a, p)
+    counters = ("skipped", "nonfinite", "forwards", "backwards")
+    assert _without(torch.load(io.BytesIO(before["opt"]), weights_only=False), counters).__repr__() \
+        == _without(opt.state_dict(), counters).__repr__()
+    # the rest of the run is the run that never saw the bad batch (generators put back as they
+    # were after the skipped call's forward: re-seed both identically)
+    torch.manual_seed(7)
+    run(model, opt, range(t, t + 3))
+    torch.manual_seed(7)
+    m_ref2, o_ref2 = fresh(name)
+    run(m_ref2, o_ref2, range(t))
+    torch.manual_seed(7)
+    run(m_ref2, o_ref2, range(t, t + 3))
+    for p, q in zip(model.parameters(), m_ref2.parameters()):
+        assert torch.equal(p, q)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_gradscaler_style_inf_gradients_are_harmless(name):
+    """Every other step has an inf gradient (as fp16 overflow gives): the run equals the run that
+    only saw the finite steps, and nothing becomes NaN."""
+    model, opt = fresh(name)
+    m_ref, o_ref = fresh(name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        skips = 0
+        for t in range(8):
+            torch.manual_seed(t)
+            opt.step(_nonfinite_closure(model, t, "grad", t, math.inf))
+            if opt.last_step.get("skipped") == "non-finite gradient":
+                skips += 1
+            else:  # LABPAL's measuring calls run no backward: a normal call, mirrored
+                torch.manual_seed(t)
+                o_ref.step(closure_for(m_ref, t))
+            torch.manual_seed(100 + t)
+            opt.step(closure_for(model, t))
+            torch.manual_seed(100 + t)
+            o_ref.step(closure_for(m_ref, t))
+    assert opt.nonfinite_steps == skips >= 4
+    for p, q in zip(model.parameters(), m_ref.parameters()):
+        assert torch.equal(p, q)
+        assert torch.isfinite(p).all()
+    for group in opt.param_groups:
+        assert math.isfinite(group["lr"])
+
+
+# =============================================================================================
+# item 2: a NaN/inf/non-positive lr is refused at the next step (and at load, below)
+BAD_LRS = fault("lr = nan", "lr = inf", "lr = -inf", "lr = -1", "lr = -1e-300",
+                "lr = 'fast' (a string)", "lr = None", "lr = True", "lr = a 2-element tensor")
+_BAD_LR_VALUES = [math.nan, math.inf, -math.inf, -1.0, -1e-300, "fast", None, True,
+                  torch.tensor([0.1, 0.2])]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("value", _BAD_LR_VALUES, ids=BAD_LRS)
+def test_bad_lr_is_refused_at_the_next_step(name, value):
+    m_ref, o_ref = fresh(name)
+    run(m_ref, o_ref, range(4))
+    model, opt = fresh(name)
+    run(model, opt, range(2))
+    good = opt.param_groups[0]["lr"]
+    opt.param_groups[0]["lr"] = value
+    before = snapshot(model, opt)
+    with pytest.raises(ValueError, match=r"param_groups\[0\]\['lr'\].*finite number"):
+        opt.step(closure_for(model, 2))
+    assert_unchanged(before, model, opt)
+    opt.param_groups[0]["lr"] = good
+    run(model, opt, range(2, 4))
+    assert_same_run(m_ref, o_ref, model, opt)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.filterwarnings("ignore:Detected call of")
+def test_nan_lr_from_a_scheduler_is_refused(name):
+    model, opt = fresh(name)
+    run(model, opt, range(1))
+    opt.param_groups[0]["lr"] = 0.1  # PAL/LABPAL: a read-out (0 after a skip); give it a value
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: math.nan if k >= 1 else 1.0)
+    sched.step()
+    assert math.isnan(opt.param_groups[0]["lr"])
+    before = snapshot(model, opt)
+    with pytest.raises(ValueError, match="LR scheduler"):
+        opt.step(closure_for(model, 1))
+    assert_unchanged(before, model, opt)
+
+
+# =============================================================================================
+# item 4: load_state_dict validates before it changes anything
+def _saved(name, steps=3, seed=0):
+    model, opt = fresh(name, seed)
+    run(model, opt, range(steps))
+    return copy.deepcopy(opt.state_dict())
+
+
+def _first_state_tensor(sd):
+    for pid, st in sd["state"].items():
+        for key, v in st.items():
+            if isinstance(v, torch.Tensor) and v.dim() > 0:
+                return pid, key
+    return None
+
+
+def _corrupt_shape(sd):
+    found = _first_state_tensor(sd)
+    if found is None:
+        return None
+    pid, key = found
+    sd["state"][pid][key] = torch.zeros(7, 5)
+    return sd
+
+
+def _set_group(key, value):
+    def f(sd):
+        sd["param_groups"][0][key] = value
+        return sd
+    return f
+
+
+def _drop_group_key(key):
+    def f(sd):
+        del sd["param_groups"][0][key]
+        return sd
+    return f
+
+
+def _other_class(other):
+    def f(sd, name):
+        return _saved(other)
+    return f
+
+
+def _torch_adam(name):
+    model = model_for()
+    adam = torch.optim.Adam(model.parameters())
+    xb, yb = batch(0)
+    nn.functional.cross_entropy(model(xb), yb).backward()
+    adam.step()
+    return adam.state_dict()
+
+
+def _extra_state_key(sd):
+    pid = next(iter(sd["state"]), 0)
+    sd["state"].setdefault(pid, {})["momentum"] = torch.zeros(())
+    return sd
+
+
+def _unknown_param_id(sd):
+    sd["state"][999] = {}
+    return sd
+
+
+def _few_params(sd):
+    sd["param_groups"][0]["params"] = sd["param_groups"][0]["params"][:-1]
+    return sd
+
+
+def _two_groups(sd):
+    g = dict(sd["param_groups"][0])
+    g["params"] = []
+    sd["param_groups"].append(g)
+    return sd
+
+
+def _no_key(key):
+    def f(sd):
+        del sd[key]
+        return sd
+    return f
+
+
+# (description, corruption(sd) -> bad sd, or (sd, name) -> bad sd for whole replacements; pattern)
+BAD_LOADS = {
+    "state dict of SLS": (_other_class("SLS"), "SLS|lacks|does not belong"),
+    "state dict of PAL": (_other_class("PAL"), "PAL|lacks|does not belong"),
+    "state dict of LABPAL": (_other_class("LABPAL-sgd"), "LABPAL|lacks|does not belong"),
+    "state dict of AdamSLS": (_other_class("AdamSLS"), "AdamSLS|lacks|does not belong"),
+    "state dict of torch.optim.Adam": (lambda sd, name: _torch_adam(name),
+                                       "not saved by an autostep optimizer"),
+    "group without 'lr'": (_drop_group_key("lr"), "lacks.*'lr'"),
+    "group with lr = nan": (_set_group("lr", math.nan), "lr"),
+    "group with lr = -1": (_set_group("lr", -1.0), "lr"),
+    "group with a non-numeric hyper-parameter": (None, "must be"),
+    "state tensor of the wrong shape": (_corrupt_shape, "shape"),
+    "unknown per-parameter state key": (_extra_state_key, "does not keep"),
+    "state of a parameter no group lists": (_unknown_param_id, "no param group lists"),
+    "group with fewer parameters": (_few_params, "parameters"),
+    "an extra param group": (_two_groups, "param groups"),
+    "no 'state' entry": (_no_key("state"), "'state'"),
+    "no 'param_groups' entry": (_no_key("param_groups"), "'param_groups'"),
+    "not a dict": (lambda sd, name: [1, 2, 3], "dict"),
+}
+fault(*BAD_LOADS)
+
+
+def _hyper_key(opt):
+    for key in ("c", "measuring_step", "sample_step"):
+        if key in opt.defaults:
+            return key
+    raise AssertionError
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("case", sorted(BAD_LOADS))
+def test_load_state_dict_refuses_and_changes_nothing(name, case):
+    corrupt, pattern = BAD_LOADS[case]
+    if case == f"state dict of {name.split('-')[0]}" or (case.endswith("LABPAL") and "LABPAL" in name):
+        pytest.skip("the same class")
+    m_ref, o_ref = fresh(name)
+    run(m_ref, o_ref, range(5))
+    model, opt = fresh(name)
+    run(model, opt, range(3))
+    sd = copy.deepcopy(opt.state_dict())
+    with torch.random.fork_rng():  # building another optimizer's state must not move our RNG
+        if corrupt is None:
+            sd["param_groups"][0][_hyper_key(opt)] = "fast"
+            bad = sd
+        elif corrupt.__code__.co_argcount == 2:
+            bad = corrupt(sd, name)
+        else:
+            bad = corrupt(sd)
+    if bad is None:
+        pytest.skip("no per-parameter state tensor to corrupt")
+    before = snapshot(model, opt)
+    with pytest.raises(ValueError, match=pattern) as info:
+        opt.load_state_dict(bad)
+    assert "unchanged" in str(info.value) or "Nothing was loaded" in str(info.value)
+    assert_unchanged(before, model, opt)
+    run(model, opt, range(3, 5))
+    assert_same_run(m_ref, o_ref, model, opt)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_good_state_dict_still_loads(name):
+    sd = _saved(name, steps=4)
+    model, opt = fresh(name)
+    opt.load_state_dict(sd)
+    assert sd_bytes(opt.state_dict()) == sd_bytes(sd)
+
+
+def test_adamsls_state_is_refused_by_plasls():
+    """Same hyper-parameter names, different algorithm: the class marker tells them apart."""
+    sd = _saved("AdamSLS")
+    model, opt = fresh("PLASLS")
+    with pytest.raises(ValueError, match="saved by AdamSLS, not by PLASLS"):
+        opt.load_state_dict(sd)
+
+
+# =============================================================================================
+# items 5 and 10: complex parameters and a parameter listed twice are refused at construction
+fault("complex parameter", "complex parameter added with add_param_group",
+      "parameter listed twice in one group", "parameter listed twice via add_param_group",
+      "parameter in two groups", "add_param_group with an invalid hyper-parameter")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_complex_parameters_are_refused(name):
+    z = nn.Parameter(torch.randn(3, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="complex parameters.*view_as_real"):
+        OPTS[name]([z])
+    model, opt = fresh(name)
+    n = len(opt.param_groups)
+    with pytest.raises(ValueError, match="complex"):
+        opt.add_param_group({"params": [z]})
+    assert len(opt.param_groups) == n  # the refused group is not kept
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_duplicate_parameters_are_refused(name):
+    w = nn.Parameter(torch.randn(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # our error, not torch's generic warning
+        with pytest.raises(ValueError, match="same parameter.*twice"):
+            OPTS[name]([w, w])
+    model, opt = fresh(name)
+    p0 = next(model.parameters())
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        opt.add_param_group({"params": [p0]})
+    v = nn.Parameter(torch.randn(2))
+    with pytest.raises(ValueError, match="twice"):
+        opt.add_param_group({"params": [v, v]})
+    assert len(opt.param_groups) == 1
+    with pytest.raises(ValueError):
+        opt.add_param_group({"params": [v], "lr": -1.0})
+    assert len(opt.param_groups) == 1
+    opt.add_param_group({"params": [v]})
+    assert len(opt.param_groups) == 2
+
+
+def test_fault_table_is_large_enough():
+    assert len(FAULTS) >= 40, len(FAULTS)
+    assert len(set(FAULTS)) == len(FAULTS)
