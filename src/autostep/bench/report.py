@@ -665,9 +665,11 @@ def figures(results: dict, s: dict, recommended: Optional[str] = None) -> list:
                         x0 = xs[0] + 0.1 * (xs[-1] - xs[0])
                         late[m] = [y for x, y in zip(xs, ys) if x >= x0]
                     lo, hi, clipped = _bulk(late, log=True, always=ref_here)
-                    lows = [min(v) for m, v in data_y.items() if m in drawn and v and min(v) > 0]
+                    lows = [min(y for y in v if y > 0) for m, v in data_y.items()
+                            if m in drawn and any(y > 0 for y in v)]
                     if lo is not None and lows:
                         lo = min(lo, min(lows) * 0.95)  # never hide the good end of a coloured line
+                        clipped = [m for m in clipped if any(y > 0 and (y < lo or y > hi) for y in late[m])]
                     early = any(max(v) > (hi or math.inf) for v in data_y.values() if v)
                     note = ("\n(y fits the run after its first 10%" + (
                         ", " + _clip_note(clipped, drawn).strip()[1:-1] if clipped else "") + ")") if early or clipped else ""
