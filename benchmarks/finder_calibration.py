@@ -168,7 +168,7 @@ def _search(problem: str, seed: int, schedule: str = "cosine"):
     train = task.probe_batches(max(1, budget), seed)
     val = task.probe_batches(4, seed + 1)
     return find_lr(task.model, lambda ps, lr: torch.optim.Adam(ps, lr=lr), task.loss_fn, train, val,
-                   schedule=schedule, total_steps=steps, budget_steps=budget, progress=False)
+                   schedule=schedule, total_steps=steps, budget=budget, progress=False)
 
 
 def stage_raw(problems, out: str) -> None:
@@ -182,7 +182,7 @@ def stage_raw(problems, out: str) -> None:
                 continue
             r = _search(p, TUNING_SEED, sched)
             data[key] = {"raw": r.info["raw_lr"], "spent": r.steps_spent,
-                         "trial_steps": r.info["trial_steps"], "budget": r.info["budget_steps"],
+                         "trial_steps": r.info["trial_steps"], "budget": r.info["budget"],
                          "trials": [(t.lr, t.val_loss, t.steps) for t in r.trials]}
             _save(path, data)
             print(f"raw {sched} {p}: {data[key]['raw']:.3g} (k={data[key]['trial_steps']}, "

@@ -91,7 +91,7 @@ def test_peak_for_a_schedule_respects_the_budget_and_restores_the_model():
     r = F.find_lr(model, adam, mse, train, val, schedule="cosine", total_steps=300,
                   progress=False)
     assert_same(model, before)
-    assert r.info["budget_steps"] == 30 and r.steps_spent <= 30
+    assert r.info["budget"] == 30 and r.steps_spent <= 30
     assert r.info["trial_steps"] == 6  # 30 steps // 5 trials
     assert all(t.steps <= 6 for t in r.trials)
     assert r.pick == "peak" and r.lr == pytest.approx(PEAK_SCALE["cosine"] * r.picks["best"])
@@ -102,7 +102,7 @@ def test_peak_is_above_the_papers_pick_and_below_divergence():
     model, train, val = tiny(dropout=0.0, bn=False)
     paper = F.find_lr(model, adam, mse, train, val, steps=10, progress=False)
     peak = F.find_lr(model, adam, mse, train, val, steps=10, schedule="cosine", progress=False)
-    assert peak.info["budget_steps"] is None and peak.info["trial_steps"] == 10
+    assert peak.info["budget"] is None and peak.info["trial_steps"] == 10
     assert peak.lr > paper.lr  # the short-horizon correction moves the rate up
     diverged = [t.lr for t in peak.trials if t.diverged]
     assert not diverged or peak.lr < min(diverged)
@@ -110,18 +110,18 @@ def test_peak_is_above_the_papers_pick_and_below_divergence():
 
 def test_budget_bounds_the_papers_search_too():
     model, train, val = tiny(dropout=0.0)
-    r = F.find_lr(model, adam, mse, train, val, budget_steps=40, progress=False)
+    r = F.find_lr(model, adam, mse, train, val, budget=40, progress=False)
     assert r.steps_spent <= 40 and r.info["trial_steps"] == 8
     assert r.info.get("budget_exhausted")
     assert r.pick == "log_midpoint" and math.isfinite(r.lr)
-    r2 = F.find_lr(model, adam, mse, train, val, budget_steps=40, seeds=2, progress=False)
+    r2 = F.find_lr(model, adam, mse, train, val, budget=40, seeds=2, progress=False)
     assert r2.steps_spent <= 40 and r2.info["trial_steps"] == 4
 
 
 @pytest.mark.parametrize("change, match", [
     (dict(schedule="step"), "schedule must be"),
-    (dict(budget_steps=3), "budget_steps"),
-    (dict(budget_steps=7, seeds=2), "budget_steps"),
+    (dict(budget=3), "budget"),
+    (dict(budget=7, seeds=2), "budget"),
     (dict(total_steps=0), "total_steps"),
     (dict(total_steps=2.5), "total_steps"),
 ])
@@ -153,3 +153,22 @@ def test_cli_schedule_peak(capsys):
     assert "peak" in out and "best trial rate" in out and "<- lr" in out
     spent = int(out.split("steps spent")[1].split()[0])
     assert spent <= 30
+
+
+def test_process_workers_give_the_sequential_peak():
+    model, train, val = tiny(dropout=0.0, bn=False)
+    batches = list(train)  # no randomness in the data order
+    seq = F.find_lr(model, adam, mse, batches, val, schedule="cosine", total_steps=200,
+                    progress=False)
+    par = F.find_lr(model, adam, mse, batches, val, schedule="cosine", total_steps=200,
+                    progress=False, executor="process", workers=2)
+    assert par.lr == seq.lr and par.steps_spent == seq.steps_spent <= 20
+
+
+def test_the_benchs_keywords_are_accepted():
+    """bench/runner._select_lr probes find_lr's signature for these names."""
+    import inspect
+
+    sig = inspect.signature(F.find_lr).parameters
+    assert {"schedule", "total_steps", "budget"} <= set(sig)
+    assert all(sig[k].default is None for k in ("schedule", "total_steps", "budget"))

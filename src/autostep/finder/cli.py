@@ -122,7 +122,7 @@ def run(args) -> int:
                      pick=args.pick, seeds=None if args.seeds == 1 else args.seeds,
                      executor=None if args.workers == 1 else "process", workers=args.workers,
                      progress=False if args.no_progress else None, schedule=args.schedule,
-                     total_steps=args.total_steps, budget_steps=args.budget_steps)
+                     total_steps=args.total_steps, budget=args.budget_steps)
     print(f"problem     {problem.name} ({args.optimizer}, {args.steps} steps per trial, "
           f"{args.seeds} seed{'s' if args.seeds > 1 else ''})")
     lo, hi = result.window

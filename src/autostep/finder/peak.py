@@ -19,7 +19,7 @@ The rule (calibrated on the bench's real-data problems, see the calibration note
    decades, and read off as the vertex of the parabola through it and its two neighbours.
 4. ``peak = PEAK_SCALE[schedule] * best``: the remaining horizon bias (``k`` steps against ``T``).
 
-``budget_steps`` bounds the training steps of all trials together; the trial length is chosen so
+``budget`` bounds the training steps of all trials together; the trial length is chosen so
 that about :data:`TRIALS` trials fit (at least 2 steps, at most ``steps``), and a search that runs
 out answers from the trials it has.
 """
@@ -50,11 +50,11 @@ class BudgetExhausted(Exception):
         self.partial = list(partial)
 
 
-def trial_steps(budget_steps: Optional[int], steps: int, n_seeds: int = 1) -> int:
+def trial_steps(budget: Optional[int], steps: int, n_seeds: int = 1) -> int:
     """Steps per trial: ``steps``, shortened so that :data:`TRIALS` trials fit in the budget."""
-    if budget_steps is None:
+    if budget is None:
         return steps
-    return max(2, min(steps, budget_steps // (TRIALS * n_seeds)))
+    return max(2, min(steps, budget // (TRIALS * n_seeds)))
 
 
 def trial_factor(schedule: str, step: int, steps: int) -> float:
@@ -149,6 +149,6 @@ def peak_search(evaluate: Callable[[float], float], y0: float, lr_range: tuple, 
     i = xs.index(b)
     if points[b] >= y0:
         info["notes"].append("no trial improved on the initial loss; the rate is a guess: use "
-                             "longer trials (steps=, budget_steps=) or check the model")
+                             "longer trials (steps=, budget=) or check the model")
     info.update(x_best=b, y_best=points[b], y0=y0)
     return 10.0 ** _vertex(xs, ys, i), points, info

@@ -578,7 +578,7 @@ def search_curve(evaluate: Callable[[list], list], lr_range=DEFAULT_LR_RANGE, *,
         info["budget_exhausted"] = True
         info["notes"].append("the step budget ran out; the curve is read from the trials so far")
     if not points:
-        raise ValueError("the step budget does not fit a single trial; raise budget_steps")
+        raise ValueError("the step budget does not fit a single trial; raise budget=")
     xs, ys = mean_curve()
     analysis = analyze([10.0 ** x for x in xs], ys, smooth)
     info["notes"].extend(analysis.notes)
@@ -591,7 +591,7 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
             max_rounds: int = 10, max_extend: int = 6, eval_mode: bool = True, executor=None,
             workers: int = 2, progress: Optional[bool] = None,
             reducer: Optional[Reducer] = None, schedule: Optional[str] = None,
-            total_steps: Optional[int] = None, budget_steps: Optional[int] = None) -> FinderResult:
+            total_steps: Optional[int] = None, budget: Optional[int] = None) -> FinderResult:
     """Search the learning rate by step sampling with reset (``lr-step-sampling-search.txt``).
 
     Parameters
@@ -651,12 +651,12 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
         ``result.picks`` also holds ``"best"`` (before scaling) and the paper's three picks of
         the sparse curve.
     total_steps:
-        Length of the training run the rate is for; sets the default ``budget_steps`` to 10 % of it.
-    budget_steps:
+        Length of the training run the rate is for; sets the default ``budget`` to 10 % of it.
+    budget:
         Most training steps all trials together may take (every seed counted).  Trials are then
         shortened so that about five fit (at least 2 steps, at most ``steps``), and the search
         stops, answering from the trials it has, when the next trial would not fit.
-        ``result.steps_spent <= budget_steps`` always.
+        ``result.steps_spent <= budget`` always.
 
     Returns
     -------
@@ -677,13 +677,13 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
         raise ValueError(f"schedule must be None or one of {SCHEDULES}, got {schedule!r}")
     if total_steps is not None:
         _check_int("total_steps", total_steps, 1, " (the length of the training run)")
-        if budget_steps is None:
-            budget_steps = max(total_steps // 10, 4 * len(seed_list))
-    if budget_steps is not None:
-        _check_int("budget_steps", budget_steps, 4 * len(seed_list),
+        if budget is None:
+            budget = max(total_steps // 10, 4 * len(seed_list))
+    if budget is not None:
+        _check_int("budget", budget, 4 * len(seed_list),
                    f" (at least two trials of two steps for each of the {len(seed_list)} seeds)")
         _check_int("steps", steps, 1, " (training steps per trial; the paper uses 20)")
-        steps = trial_steps(budget_steps, steps, len(seed_list))
+        steps = trial_steps(budget, steps, len(seed_list))
     smooth = _check_number("smooth", smooth, strict=False,
                            hint=" (bandwidth in decades; 0 disables smoothing)")
     _check_int("workers", workers, 1)
@@ -708,9 +708,9 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
     bar = progress_bar(progress, None, "find_lr")
     evaluator = None
     try:
-        evaluator = _Evaluator(runner, payload, seed_list, executor, workers, bar, budget_steps)
+        evaluator = _Evaluator(runner, payload, seed_list, executor, workers, bar, budget)
         if schedule is not None:
-            return _find_peak(runner, evaluator, lr_range, tol, smooth, schedule, budget_steps,
+            return _find_peak(runner, evaluator, lr_range, tol, smooth, schedule, budget,
                               total_steps)
         points, analysis, info = search_curve(
             evaluator, lr_range, tol=tol, smooth=smooth, max_rounds=max_rounds,
@@ -734,7 +734,7 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
     info["evaluations"] = len(evaluator.trials) * len(seed_list)
     info["seeds"] = seed_list
     info["trial_steps"] = steps
-    info["budget_steps"] = budget_steps
+    info["budget"] = budget
     result = FinderResult(lr=picks[pick], window=analysis.window, picks=picks, pick=pick,
                           trials=evaluator.trials, spread=spread, steps_spent=evaluator.steps,
                           method="step_sampling", curve=analysis, info=info)
@@ -743,7 +743,7 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
 
 
 def _find_peak(runner: TrialRunner, evaluator: "_Evaluator", lr_range, tol: float, smooth: float,
-               schedule: str, budget_steps: Optional[int], total_steps: Optional[int]) -> FinderResult:
+               schedule: str, budget: Optional[int], total_steps: Optional[int]) -> FinderResult:
     """The schedule-aware search (:mod:`autostep.finder.peak`): the peak rate for ``schedule``."""
     y0 = runner.initial_loss()
 
@@ -758,7 +758,7 @@ def _find_peak(runner: TrialRunner, evaluator: "_Evaluator", lr_range, tol: floa
     lr = math.nan if best is None else best * scale
     picks = dict(analysis.picks, best=math.nan if best is None else best, peak=lr)
     info.update(schedule=schedule, scale=scale, raw_lr=best, total_steps=total_steps,
-                budget_steps=budget_steps, trial_steps=runner.steps, seeds=evaluator.seeds,
+                budget=budget, trial_steps=runner.steps, seeds=evaluator.seeds,
                 evaluations=len(evaluator.trials) * len(evaluator.seeds), rounds=0)
     info["notes"].extend(analysis.notes)
     result = FinderResult(lr=lr, window=analysis.window, picks=picks, pick="peak",
