@@ -109,6 +109,10 @@ class Line:
         self.dtype = self._all[0].dtype if self._all else torch.get_default_dtype()
         self.saved = False
         self.scales: list | None = None  # scales of the point the params are at now (None: w0)
+        #: set by an owner that alone moves the parameters while the line lives: a move from a
+        #: point known to be w0 (after save/restore) then skips the copy of w0 (one pass less)
+        self.exclusive = False
+        self._at_w0 = False
         if save:
             self.save()
 
@@ -120,6 +124,7 @@ class Line:
             torch._foreach_copy_(self._w0_all, self._all)
         self.saved = True
         self.scales = None
+        self._at_w0 = True
 
     @property
     def scratch(self) -> list:
@@ -156,7 +161,9 @@ class Line:
         if not self._all:
             self.scales = list(scales)
             return
-        torch._foreach_copy_(self._all, self._w0_all)
+        if not (self.exclusive and self._at_w0):
+            torch._foreach_copy_(self._all, self._w0_all)
+        self._at_w0 = False
         per_tensor: list[float] = []
         for n, s in zip(self._sizes, scales):
             per_tensor.extend(s if isinstance(s, (list, tuple)) else [s] * n)
@@ -176,9 +183,10 @@ class Line:
     @torch.no_grad()
     def restore(self) -> None:
         """Put every parameter back to ``w0`` exactly."""
-        if self._all and self.saved:
+        if self._all and self.saved and not (self.exclusive and self._at_w0):
             torch._foreach_copy_(self._all, self._w0_all)
         self.scales = None
+        self._at_w0 = self.saved
 
     def release(self) -> None:
         """Drop the copy of ``w0`` (call when the step is over)."""

@@ -396,6 +396,7 @@ class ArmijoOptimizer(AutostepOptimizer):
                 starts = [max(e * q, sg.group["min_lr"]) for sg, e, q in zip(segs, free, qs)]
                 etas = list(starts)
                 line.save()
+                line.exclusive = True  # only this step moves the parameters until release()
                 line.set_dirs(plan.search)
                 accepted, etas, trials, dec = self._search(ev, line, segs, etas, s, zero)
                 # the last closure call is behind us: from here on the step commits
