@@ -79,3 +79,38 @@ def test_accelerate_prepare_accumulate_and_scheduler():
     assert micro == 80 and opt.steps == 40   # one AutoLR step per two micro-batches
     assert opt.recomputes >= 3 and opt.lr > 0.05 and last < 0.5 * first
     assert set(aopt.state_dict()) == {"state", "param_groups"}
+
+
+@pytest.mark.slow   # importing lightning takes several seconds
+def test_lightning_automatic_optimization_with_clipping_accumulation_and_scheduler():
+    L = pytest.importorskip("lightning")
+    torch.manual_seed(0)
+    p = digits_mlp(0, hidden=(16,))
+    made = {}
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = p.model
+
+        def training_step(self, batch, i):
+            return p.loss_fn(self.net, batch)
+
+        def configure_optimizers(self):
+            opt = AutoLR(torch.optim.SGD(self.net.parameters(), lr=0.05, momentum=0.9), self.net,
+                         p.loss_fn, p.batch_list(10, seed=7), recompute_every=5, superbatch=2,
+                         explore_steps=20)
+            made["opt"] = opt
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 - t / 80)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*p.train), batch_size=64,
+                                         shuffle=True)
+    before = p.evaluate("train")["loss"]
+    trainer = L.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        gradient_clip_val=1.0, accumulate_grad_batches=2)
+    trainer.fit(Module(), loader)
+    opt = made["opt"]
+    assert opt.steps == 40 and opt.recomputes >= 3 and opt.lr > 0.05
+    assert p.evaluate("train")["loss"] < 0.5 * before

@@ -114,22 +114,9 @@ Where the parts live
 * ``wrapper.py``: :class:`AutoLR`, the ``torch.optim.Optimizer`` that ties the parts together.
 """
 
-from .rules import (EXPLOIT, EXPLORE, SaturationMonitor, clip_eps, eps_bound, fit_quadratic,
-                    next_lr, probe_offsets, quadratic_argmin, should_rollback)
+from . import rules
+from .rules import *  # noqa: F401,F403  (the pure rules are part of the public surface)
 from .rates import ForeignRateError
 from .wrapper import AutoLR
 
-__all__ = [
-    "AutoLR",
-    "ForeignRateError",
-    "fit_quadratic",
-    "quadratic_argmin",
-    "eps_bound",
-    "clip_eps",
-    "probe_offsets",
-    "next_lr",
-    "should_rollback",
-    "SaturationMonitor",
-    "EXPLORE",
-    "EXPLOIT",
-]
+__all__ = ["AutoLR", "ForeignRateError", *rules.__all__]
