@@ -838,3 +838,28 @@ def test_step_with_a_closure_of_either_convention_equals_the_plain_loop(style):
             a1.zero_grad()
     assert same(params_of(p1.model), params_of(p0.model))
     assert repr(a1.history) == repr(a0.history) and a0.recomputes >= 2
+
+
+def test_drop_rate_over_different_batches_is_not_compared():
+    """A batch that turns non-finite only at later parameters must not make the drop rate compare
+    a mean over two batches with a mean over one."""
+    p = digits_mlp(0, hidden=(16,))
+    data = p.batch_list(2, seed=7)
+    state = {"poison": False}
+
+    def loss_fn(m, b):
+        loss = p.loss_fn(m, b)
+        if state["poison"] and b is data[1]:
+            return loss * math.inf
+        return loss
+
+    a = AutoLR(torch.optim.SGD(p.model.parameters(), lr=0.1), p.model, loss_fn, data,
+               recompute_every=5, superbatch=2, explore_steps=100, rollback=False)
+    with pytest.warns(RuntimeWarning, match="1 of 2 probe mini-batches"):
+        train(p, a, 6, hook=lambda i: state.update(poison=i >= 5))
+    h = a.history[-1]
+    assert h["step"] == 5 and math.isnan(h["rate"])       # different batches: no rate
+    assert a._schedule.skip_prev == (1,)
+    with pytest.warns(RuntimeWarning, match="probe mini-batches gave a non-finite loss"):
+        train(p, a, 5, start=6)
+    assert math.isfinite(a.history[-1]["rate"])             # same batch left out: compared again

@@ -47,6 +47,10 @@ Choices the paper leaves open (documented, and visible in :attr:`AutoLR.history`
   Sampling only near ``eta`` (e.g. ``+-eta/2``) while allowing moves up to the bound made the fit
   extrapolate: at small rates float32 loss noise decided the sign of ``eps_min`` and, in our runs, drove
   the rate down to 1e-8.  ``probe_scale`` (default None) optionally caps ``h`` at ``probe_scale * eta``.
+* A mini-batch whose loss is not finite is left out of a superbatch loss, with a warning (a NaN
+  batch would otherwise make every loss of the fixed drop-rate superbatch NaN and freeze the rate).
+  A drop rate between two losses that left out different batches is NaN (not comparable), and so
+  are the probe losses of an estimate whose passes left out different batches.
 * A concave or flat fit (``k2 <= 0``) has no minimum: ``eps_min`` is ``+-inf`` in the descending
   direction and the threshold clips it.  Non-finite probe losses leave the rate unchanged.
 * One decision never sets the rate below ``min_lr_ratio * eta`` (0.1): the thresholded ``eps`` may be

@@ -61,14 +61,15 @@ class ExploreExploit:
         self.sb: Optional[list] = None        # superbatch of the last estimate (indices or batches)
         self.rate_sb: Optional[list] = None   # superbatch of the loss-drop rates (fixed)
         self.loss_prev: Optional[float] = None   # superbatch loss at the start of the window
+        self.skip_prev: tuple = ()               # batches left out of it (non-finite loss)
         self.upd_prev = 0
         self.rate_start: Optional[float] = None  # drop rate when the current lr started
         self.last_rate: Optional[float] = None
         self.pending: Optional[dict] = None      # change awaiting its rollback decision
         self.quiet = False                       # skip the recompute at the next check
 
-    _FIELDS = ("t", "updates", "upd_prev", "loss_prev", "rate_start", "last_rate", "quiet", "sb",
-               "rate_sb", "pending", "recomputes", "rollbacks")
+    _FIELDS = ("t", "updates", "upd_prev", "loss_prev", "skip_prev", "rate_start", "last_rate",
+               "quiet", "sb", "rate_sb", "pending", "recomputes", "rollbacks")
 
     def checkpoint(self) -> tuple:
         """Everything a step may change, for :meth:`restore` if the step fails."""
@@ -118,6 +119,7 @@ class ExploreExploit:
     def _start(self) -> None:
         self.rate_sb = self.sampler.draw()
         self.loss_prev = self.loss(self.sampler.batches(self.rate_sb))
+        self.skip_prev = self.loss.skipped
         self.upd_prev = self.updates
 
     def _check(self) -> bool:
@@ -126,8 +128,9 @@ class ExploreExploit:
         loss_now = self.loss(self.sampler.batches(self.rate_sb))
         n = self.updates - self.upd_prev
         rate = (self.loss_prev - loss_now) / n if n > 0 else math.nan
-        if not math.isfinite(loss_now):
-            rate = math.nan
+        skipped = self.loss.skipped
+        if not math.isfinite(loss_now) or skipped != self.skip_prev:
+            rate = math.nan   # (losses over different batches are not comparable)
         pend, self.pending = self.pending, None
         if pend is not None:
             if self.options.rollback and should_rollback(pend["phase"], pend["rate_before"], rate):
@@ -137,7 +140,7 @@ class ExploreExploit:
         if math.isfinite(rate) and (self.rate_start is None or not self.rate_start > 0):
             self.rate_start = rate
         self.last_rate = rate
-        self.loss_prev, self.upd_prev = loss_now, self.updates
+        self.loss_prev, self.upd_prev, self.skip_prev = loss_now, self.updates, skipped
         if self.quiet:
             self.quiet = False
             return False
@@ -168,7 +171,7 @@ class ExploreExploit:
                 entry["snapshot_bytes"] = snap["bytes"]
             self.pending = dict(phase=phase, step=self.t, old_lr=old, new_lr=new,
                                 rate_before=rate_now, rate_start=self.rate_start, loss0=loss0,
-                                snapshot=snap)
+                                skip0=self.skip_prev, snapshot=snap)
             self._set_rate(new)
             self.rate_start = None
         self.log(**entry)
@@ -178,6 +181,7 @@ class ExploreExploit:
         self._set_rate(pend["old_lr"])
         self.rate_start = pend["rate_start"]
         self.loss_prev, self.upd_prev = pend["loss0"], self.updates
+        self.skip_prev = pend.get("skip0", ())
         self.quiet = True
         self.rollbacks += 1
         self.log(event="rollback", phase=self.phase, old_lr=pend["new_lr"], new_lr=pend["old_lr"],
@@ -197,7 +201,8 @@ class ExploreExploit:
         """Everything needed to continue identically (the history is deep-copied)."""
         return {
             "t": self.t, "updates": self.updates, "upd_prev": self.upd_prev,
-            "loss_prev": self.loss_prev, "rate_start": self.rate_start,
+            "loss_prev": self.loss_prev, "skip_prev": list(self.skip_prev),
+            "rate_start": self.rate_start,
             "last_rate": self.last_rate, "quiet": self.quiet,
             "monitor": self.monitor.state_dict(), "generator": self.sampler.generator.get_state(),
             "superbatch": self.sb, "rate_superbatch": self.rate_sb, "pending": self.pending,
@@ -208,6 +213,7 @@ class ExploreExploit:
     def load_state_dict(self, own: dict) -> None:
         self.t, self.updates, self.upd_prev = own["t"], own["updates"], own["upd_prev"]
         self.loss_prev, self.rate_start = own["loss_prev"], own["rate_start"]
+        self.skip_prev = tuple(own.get("skip_prev", ()))
         self.last_rate, self.quiet = own["last_rate"], own["quiet"]
         self.monitor.load_state_dict(own["monitor"])
         self.sampler.generator.set_state(own["generator"].cpu())
