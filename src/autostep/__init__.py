@@ -15,11 +15,13 @@ from . import lines
 from .lines import loss_along_lines
 from .metrics import mean_log_loss
 from .registry import create, list_methods
+from .optim.autostep import Autostep
 from .optim import ALSALS, LABPAL, PAL, PLASLS, SALSA, SLS, AdamSLS
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Autostep",
     "SLS",
     "AdamSLS",
     "SALSA",

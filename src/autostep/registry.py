@@ -274,3 +274,29 @@ register_method(MethodSpec("ProdigyPlusScheduleFree", "torch",
                            _peer("prodigyplus", "ProdigyPlusScheduleFree", lr=1.0), "peer",
                            "prodigy-plus-schedule-free at its defaults (lr=1)",
                            requires=("prodigyplus",), extra="peers", train_eval_modes=True))
+
+# ------------------------------------------------------------------ Autostep designs (issue 9)
+def _autostep(**fixed):
+    def build(params, context, **kw):
+        from .optim.autostep import Autostep
+        args = dict(model=context.get("model"), loss_fn=context.get("loss_fn"),
+                    probe_data=context.get("probe_data"), total_steps=context.get("total_steps"))
+        args.update(fixed)
+        args.update(kw)
+        return Autostep(params, **args)
+    return build
+
+
+for _name, _fixed, _desc, _sf in [
+    ("Autostep-ramp-cos", {}, "edge-of-stability ramp (peak = 0.5 x best ramp rate), cosine to T", False),
+    ("Autostep-ramp-lin", {"decay": "linear"}, "edge-of-stability ramp, linear decay to zero at T", False),
+    ("Autostep-ramp-sf", {"total_steps": None}, "edge-of-stability ramp, then Schedule-Free averaging", True),
+]:
+    register_method(MethodSpec(_name, "torch", _autostep(**_fixed), "autostep", _desc,
+                               requires=("autostep.optim.autostep",), train_eval_modes=_sf,
+                               options={"probe_data": 2}))
+
+# the recommended default: the design that won on the standard suite (benchmarks/autostep_designs.md)
+register_method(MethodSpec("Autostep", "torch", _autostep(), "autostep",
+                           "the recommended default: ramp-found scale, cosine decay to T",
+                           requires=("autostep.optim.autostep",), options={"probe_data": 2}))

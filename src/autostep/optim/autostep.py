@@ -1,0 +1,481 @@
+"""``Autostep``: the recommended default -- Adam's update, a step size found while training, and a
+schedule that anneals.
+
+Why this design (the numbers are in ``benchmarks/autostep_designs.md``): a grid-tuned Adam with
+warm-up and cosine decay beats every greedy line search, because (1) the greedy per-step rate is
+5-50x below the best *peak* rate of a long run (short-horizon bias; the model sharpens to whatever
+rate it is trained at, so a line search keeps measuring its own small rate), and (2) the final decay
+to zero is what removes the oscillation at the end.  ``Autostep`` therefore estimates only the
+*scale*, and takes the *shape* from the run length:
+
+1. **Scale: an edge-of-stability ramp during warm-up.**  The warm-up is a geometric ramp of the rate
+   in ordinary training (not a reset-per-trial search), started from a probe-loss line search along
+   Adam's first direction.  After every ramp step the loss on a few fixed probe batches is measured
+   (one no-grad forward each).  The ramp stops when that loss rises clearly above its best value (the
+   rate has crossed the edge of stability), the parameters go back to the best point (one parameter
+   copy), and the peak rate is ``peak_fraction`` times the rate that reached the best point.  This is
+   the range test of the step-sampling paper run *inside* training, with LABPAL's fixed large probe in
+   place of noisy mini-batch losses, so no step of the budget is wasted on resets.
+2. **Shape: decay that knows T.**  With ``total_steps`` the rate decays from the peak to zero at T
+   (cosine or linear); a probe check every few steps rolls back and halves the peak if the loss ever
+   blows up.  Without ``total_steps``, the rate stays at the peak and Schedule-Free iterate averaging
+   (Defazio et al. 2024) replaces the decay; call ``opt.eval()`` before evaluating and ``opt.train()``
+   after, as with Schedule-Free.
+
+``lr`` is a multiplier on the found rate (1.0 = as found), so ``torch.optim.lr_scheduler`` and the
+Hugging Face schedules compose with it: they scale the found rate, they do not replace it.  The rate
+applied at the last step is ``param_groups[i]["applied_lr"]``.
+
+References:
+    Wu et al. 2018, "Understanding short-horizon bias in stochastic meta-optimization".
+    Defazio et al. 2024, "The Road Less Scheduled" (Schedule-Free).
+    The step-sampling LR search and LABPAL papers in ``shared/papers``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Iterable, Optional
+
+import torch
+
+from ..distributed import Reducer
+
+__all__ = ["Autostep"]
+
+_SHAPES = ("cosine", "linear")
+
+
+def _take_batches(probe_data, n: int) -> list:
+    """The first ``n`` batches of a list, tuple, DataLoader or any re-iterable (kept fixed)."""
+    if isinstance(probe_data, (list, tuple)):
+        batches = list(probe_data[:n])
+    else:
+        it = iter(probe_data)
+        if it is probe_data:
+            raise TypeError("Autostep: probe_data is a one-shot iterator (a generator?); pass a list of "
+                            "batches or a DataLoader")
+        batches = []
+        for b in it:
+            batches.append(b)
+            if len(batches) >= n:
+                break
+    if not batches:
+        raise ValueError("Autostep: probe_data holds no batch; pass at least one batch")
+    return batches
+
+
+class Autostep(torch.optim.Optimizer):
+    """Adam with a step size found during warm-up and a decay to ``total_steps`` -- no tuning.
+
+    Use it in the ordinary loop::
+
+        opt = autostep.Autostep(model.parameters(), total_steps=len(loader) * epochs,
+                                model=model, loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]),
+                                probe_data=val_or_train_batches)
+        for x, y in loader:
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+
+    Parameters
+    ----------
+    params:
+        Parameters or parameter groups, as for any torch optimizer.
+    lr:
+        Multiplier on the found step size (default 1.0).  Schedulers that write ``lr`` scale the
+        found rate.
+    total_steps:
+        Number of ``step()`` calls in the run.  Given: warm-up ramp, then decay to zero at
+        ``total_steps`` (``decay=``).  ``None``: Schedule-Free averaging after the ramp (use
+        ``opt.eval()``/``opt.train()`` around evaluation).
+    model, loss_fn, probe_data:
+        Where the probe losses come from: ``loss_fn(model, batch)`` returns a scalar loss; the first
+        ``probe_batches`` batches of ``probe_data`` (a list or a DataLoader; held-out or training
+        batches) are kept and evaluated under ``no_grad`` with fixed randomness, buffers restored.
+        Alternatively pass ``probe="closure"`` and call ``step(closure)`` with a torch-style closure
+        (``zero_grad(); loss = ...; loss.backward(); return loss``, as LBFGS and Lightning use): the
+        closure's losses are then the signal.
+    betas, eps:
+        Adam's moment coefficients and denominator term.
+    weight_decay:
+        Decoupled weight decay (AdamW): ``p *= 1 - applied_lr * weight_decay``.
+    decay:
+        ``"cosine"`` (default) or ``"linear"`` to zero at ``total_steps``.
+    ramp_steps:
+        Longest warm-up ramp; default ``max(10, total_steps // 10)`` (``100`` without ``total_steps``).
+    peak_fraction:
+        Peak rate as a fraction of the rate that reached the best probe loss in the ramp.
+    probe_batches:
+        Number of fixed probe batches (default 2).
+    guard_every:
+        Steps between probe checks after the ramp; 0 turns the blow-up guard off.
+
+    Read-outs: ``param_groups[i]["applied_lr"]`` (rate of the last step), ``["peak_lr"]`` (found
+    scale, ``nan`` while ramping), ``["phase"]``, and ``forwards`` (probe forwards so far).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1.0, *, total_steps: Optional[int] = None,
+                 model: Optional[torch.nn.Module] = None, loss_fn: Optional[Callable] = None,
+                 probe_data=None, probe: str = "auto", betas: tuple = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, decay: str = "cosine", ramp_steps: Optional[int] = None,
+                 peak_fraction: float = 0.5, ramp_growth: Optional[float] = None,
+                 probe_batches: int = 2, guard_every: Optional[int] = None, rise: float = 0.1):
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise ValueError(f"Autostep: lr is a multiplier on the found step size and must be a finite "
+                             f"number > 0 (1.0 uses the rate as found); got {lr!r}")
+        if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
+            raise ValueError(f"Autostep: total_steps must be a positive int (the number of step() calls "
+                             f"in the run) or None for Schedule-Free averaging; got {total_steps!r}")
+        b1, b2 = betas
+        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
+            raise ValueError(f"Autostep: betas must lie in [0, 1); got {betas!r}")
+        if not (eps > 0 and math.isfinite(eps)):
+            raise ValueError(f"Autostep: eps must be > 0; got {eps!r}")
+        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
+            raise ValueError(f"Autostep: weight_decay must be >= 0; got {weight_decay!r}")
+        if decay not in _SHAPES:
+            raise ValueError(f"Autostep: decay must be one of {_SHAPES}; got {decay!r}")
+        if not (0 < peak_fraction <= 1):
+            raise ValueError(f"Autostep: peak_fraction must lie in (0, 1]; got {peak_fraction!r}")
+        if probe not in ("auto", "closure"):
+            raise ValueError(f"Autostep: probe must be 'auto' (model/loss_fn/probe_data) or 'closure'; "
+                             f"got {probe!r}")
+        given = {"model": model is not None, "loss_fn": loss_fn is not None,
+                 "probe_data": probe_data is not None}
+        if probe == "auto":
+            if not all(given.values()):
+                missing = [k for k, v in given.items() if not v]
+                raise ValueError(
+                    "Autostep finds its step size from losses it measures itself: pass "
+                    f"model=, loss_fn=(model, batch) -> loss and probe_data= (missing: {', '.join(missing)}),"
+                    " or probe='closure' and call opt.step(closure) with a torch-style closure")
+            if not callable(loss_fn):
+                raise TypeError(f"Autostep: loss_fn must be callable as loss_fn(model, batch); got {loss_fn!r}")
+            if not isinstance(probe_batches, int) or probe_batches < 1:
+                raise ValueError(f"Autostep: probe_batches must be an int >= 1; got {probe_batches!r}")
+            self._probe = _take_batches(probe_data, probe_batches)
+        else:
+            self._probe = None
+        self._model, self._loss_fn = model, loss_fn
+        if ramp_steps is None:
+            ramp_steps = max(10, total_steps // 10) if total_steps else 100
+        if not isinstance(ramp_steps, int) or ramp_steps < 2:
+            raise ValueError(f"Autostep: ramp_steps must be an int >= 2; got {ramp_steps!r}")
+        if ramp_growth is None:  # three decades over the longest ramp
+            ramp_growth = 1000.0 ** (1.0 / ramp_steps)
+        if not ramp_growth > 1:
+            raise ValueError(f"Autostep: ramp_growth must be > 1; got {ramp_growth!r}")
+        if guard_every is None:
+            guard_every = max(10, (total_steps or 1000) // 50)
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        applied_lr=0.0, peak_lr=math.nan)
+        super().__init__(params, defaults)
+        # run-level numbers live in param_groups (as Prodigy and Schedule-Free keep them), mirrored in
+        # every group so torch's checkpoint helpers keep them
+        run = dict(total_steps=total_steps, decay=decay, ramp_steps=ramp_steps, ramp_growth=ramp_growth,
+                   peak_fraction=peak_fraction, guard_every=guard_every, rise=rise,
+                   k=0, phase="start", ramp_lr=math.nan, best_loss=math.inf, best_lr=math.nan,
+                   ramp_end=0, last_loss=math.nan, forwards=0, skipped=0, rollbacks=0,
+                   sf_weight=0.0, sf_mode="train")
+        for g in self.param_groups:
+            for key, value in run.items():
+                g.setdefault(key, value)
+        self._reducer = Reducer()
+
+    # ------------------------------------------------------------------ run-level state helpers
+    def _get(self, key):
+        return self.param_groups[0][key]
+
+    def _set(self, **kw) -> None:
+        for g in self.param_groups:
+            g.update(kw)
+
+    @property
+    def forwards(self) -> int:
+        """Probe forwards so far (training forwards are the user's)."""
+        return int(self._get("forwards"))
+
+    @property
+    def skipped_steps(self) -> int:
+        return int(self._get("skipped"))
+
+    def _params(self) -> list:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    # ------------------------------------------------------------------ probe losses
+    @torch.no_grad()
+    def _probe_loss(self) -> float:
+        """Mean loss over the fixed probe batches (fixed dropout masks, buffers restored), rank-averaged."""
+        model = self._model
+        buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+        total = 0.0
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(12345)
+            for batch in self._probe:
+                total += float(self._loss_fn(model, batch).detach().float())
+        for buf, saved in buffers:
+            buf.copy_(saved)
+        self._set(forwards=self._get("forwards") + len(self._probe))
+        value = total / len(self._probe)
+        return self._reducer.mean([value])[0] if self._reducer.active else value
+
+    def _signal(self, closure_loss: Optional[float]) -> float:
+        """The loss the ramp and the guard watch: probe loss, or an EMA of the closure's losses."""
+        if self._probe is not None:
+            return self._probe_loss()
+        if closure_loss is None:
+            raise RuntimeError("Autostep(probe='closure') needs opt.step(closure): the closure's loss is "
+                               "the signal that sets the step size")
+        last = self._get("last_loss")
+        ema = closure_loss if not math.isfinite(last) else 0.8 * last + 0.2 * closure_loss
+        return ema if math.isfinite(closure_loss) else closure_loss
+
+    # ------------------------------------------------------------------ schedule
+    def _scheduled(self, k: int) -> float:
+        """Rate (before the lr multiplier) for step ``k`` after the ramp."""
+        peak = self._get("peak_lr")
+        total = self._get("total_steps")
+        if total is None:
+            return peak
+        start = self._get("ramp_end")
+        span = max(1, total - start)
+        u = min(1.0, max(0.0, (k - start) / span))
+        if self._get("decay") == "linear":
+            return peak * (1.0 - u)
+        return peak * 0.5 * (1.0 + math.cos(math.pi * u))
+
+    # ------------------------------------------------------------------ the step
+    @torch.no_grad()
+    def step(self, closure: Optional[Callable] = None):
+        """One update from the gradients in ``.grad`` (or from ``closure``, torch-style)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        closure_loss = None if loss is None else float(loss.detach())
+        params = [p for p in self._params() if p.grad is not None]
+        if not params:
+            return loss
+        for p in params:
+            if p.grad.is_sparse:
+                raise RuntimeError("Autostep does not support sparse gradients")
+        # a non-finite gradient (fp16 overflow, a bad batch) skips the step: nothing changes
+        finite = torch.stack([torch.isfinite(p.grad).all() for p in params]).all()
+        if self._reducer.active:
+            ok = self._reducer.mean([float(finite)])[0] == 1.0
+        else:
+            ok = bool(finite)
+        if not ok:
+            self._set(skipped=self._get("skipped") + 1)
+            return loss
+        for g in self.param_groups:
+            if not (isinstance(g["lr"], (int, float)) and math.isfinite(g["lr"]) and g["lr"] >= 0):
+                raise ValueError(f"Autostep: param group lr (the multiplier on the found rate) is "
+                                 f"{g['lr']!r}; a scheduler or load_state_dict set it to a value that is "
+                                 "not a finite number >= 0")
+
+        if not self.state and all(g["lr"] == 0 for g in self.param_groups):
+            # torch.distributed.checkpoint's _init_optim_state: lr 0 on a fresh optimizer creates the
+            # state tensors without taking a step
+            self._init_state(params)
+            return loss
+        phase = self._get("phase")
+        k = self._get("k")
+        if phase == "start":
+            rate = self._initial_rate(params, closure_loss)
+            self._set(phase="ramp", ramp_lr=rate, best_lr=rate)
+            self._snapshot()
+        elif phase == "ramp":
+            signal = self._signal(closure_loss)
+            self._set(last_loss=signal)
+            best = self._get("best_loss")
+            if math.isfinite(signal) and signal < best:
+                self._set(best_loss=signal, best_lr=self._get("ramp_lr"))
+                self._snapshot()
+                rate = self._get("ramp_lr") * self._get("ramp_growth")
+            elif not math.isfinite(signal) or signal > best * (1.0 + self._get("rise")):
+                # past the edge: back to the best point, peak = fraction of the rate that reached it
+                self._restore()
+                self._end_ramp(self._get("best_lr") * self._get("peak_fraction"), k)
+                self._set(k=k + 1, rollbacks=self._get("rollbacks") + 1)
+                return loss  # this gradient was taken at the abandoned point
+            else:
+                rate = self._get("ramp_lr") * self._get("ramp_growth")
+            if k + 1 >= self._get("ramp_steps"):  # never crossed the edge: keep the rate reached
+                self._end_ramp(self._get("ramp_lr"), k + 1)
+                rate = self._scheduled(k)
+            else:
+                self._set(ramp_lr=rate)
+        else:
+            guard = self._get("guard_every")
+            if guard and (k - self._get("ramp_end")) % guard == 0:
+                signal = self._signal(closure_loss)
+                last = self._get("best_loss")
+                if not math.isfinite(signal) or signal > 2.0 * last:
+                    self._restore()
+                    self._set(peak_lr=self._get("peak_lr") * 0.5, rollbacks=self._get("rollbacks") + 1,
+                              k=k + 1)
+                    return loss
+                self._set(best_loss=signal, last_loss=signal)
+                self._snapshot()
+            rate = self._scheduled(k)
+        if self._get("total_steps") is None and self._get("phase") == "train":
+            self._sf_update(rate)
+        else:
+            self._adam_update(rate)
+        self._set(k=k + 1)
+        return loss
+
+    def _end_ramp(self, peak: float, k: int) -> None:
+        self._set(phase="train", peak_lr=peak, ramp_end=k)
+        if self._get("total_steps") is None:
+            self._start_sf()
+
+    def _initial_rate(self, params: list, closure_loss: Optional[float]) -> float:
+        """Probe-loss line search along Adam's first direction (≈ sign of g), rates 1e-1 ... 1e-6;
+        the ramp starts a decade below the best.  Closure mode starts at 1e-5."""
+        if self._probe is None:
+            return 1e-5
+        directions = [p.grad / (p.grad.abs() + self.param_groups[0]["eps"]) for p in params]
+        start = [p.detach().clone() for p in params]
+        base = self._probe_loss()
+        best_rate, best = 1e-6, base
+        for e in range(1, 7):
+            rate = 10.0 ** (-e)
+            for p, w, d in zip(params, start, directions):
+                p.copy_(w).sub_(d, alpha=rate)
+            value = self._probe_loss()
+            if math.isfinite(value) and value < best:
+                best_rate, best = rate, value
+        for p, w in zip(params, start):
+            p.copy_(w)
+        self._set(best_loss=base)
+        return best_rate * 0.1
+
+    def _init_state(self, params: list) -> None:
+        for p in params:
+            st = self.state[p]
+            st["step"] = torch.zeros((), dtype=torch.float64)
+            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            st["snapshot"] = p.detach().clone()
+
+    # ------------------------------------------------------------------ snapshots (one param copy)
+    def _snapshot(self) -> None:
+        for p in self._params():
+            st = self.state[p]
+            if "snapshot" in st:
+                st["snapshot"].copy_(p)
+            else:
+                st["snapshot"] = p.detach().clone()
+
+    def _restore(self) -> None:
+        for p in self._params():
+            st = self.state[p]
+            snap = st.get("snapshot")
+            if snap is not None:
+                p.copy_(snap)
+                if "z" in st:  # Schedule-Free: restart the average at the restored point
+                    st["z"].copy_(snap)
+
+    # ------------------------------------------------------------------ updates
+    def _adam_update(self, rate: float) -> None:
+        for g in self.param_groups:
+            b1, b2 = g["betas"]
+            applied = rate * g["lr"]
+            g["applied_lr"] = applied
+            ps = [p for p in g["params"] if p.grad is not None]
+            if not ps:
+                continue
+            grads, ms, vs, steps = [], [], [], []
+            for p in ps:
+                st = self.state[p]
+                if "exp_avg" not in st:
+                    st["step"] = torch.zeros((), dtype=torch.float64)
+                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                st["step"] += 1
+                grads.append(p.grad)
+                ms.append(st["exp_avg"])
+                vs.append(st["exp_avg_sq"])
+                steps.append(float(st["step"]))
+            torch._foreach_lerp_(ms, grads, 1.0 - b1)
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
+            if g["weight_decay"]:
+                torch._foreach_mul_(ps, 1.0 - applied * g["weight_decay"])
+            denom = torch._foreach_sqrt(vs)
+            torch._foreach_div_(denom, [math.sqrt(1.0 - b2 ** s) for s in steps])
+            torch._foreach_add_(denom, g["eps"])
+            scale = [-applied / (1.0 - b1 ** s) for s in steps]
+            upd = torch._foreach_div(ms, denom)
+            torch._foreach_mul_(upd, scale)
+            torch._foreach_add_(ps, upd)
+
+    # Schedule-Free AdamW (Defazio et al. 2024): params hold y = (1-b1) z + b1 x; gradients at y;
+    # z <- z - rate (g / denom + wd y); x <- (1 - c) x + c z with c = rate^2 / sum(rate^2).
+    # x is not stored: x = (y - (1-b1) z) / b1.
+    def _start_sf(self) -> None:
+        for p in self._params():
+            st = self.state[p]
+            st["z"] = p.detach().clone()
+            st.pop("exp_avg", None)
+        self._set(sf_weight=0.0)
+
+    def _sf_update(self, rate: float) -> None:
+        weight = self._get("sf_weight")
+        for g in self.param_groups:
+            b1, b2 = g["betas"]
+            applied = rate * g["lr"]
+            g["applied_lr"] = applied
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                st = self.state[p]
+                if "z" not in st:
+                    st["z"] = p.detach().clone()
+                if "exp_avg_sq" not in st:
+                    st["step"] = torch.zeros((), dtype=torch.float64)
+                    st["exp_avg_sq"] = torch.zeros_like(p)
+                st["step"] += 1
+                s = float(st["step"])
+                z, v, grad = st["z"], st["exp_avg_sq"], p.grad
+                v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
+                denom = (v / (1.0 - b2 ** s)).sqrt_().add_(g["eps"])
+                x = (p - (1.0 - b1) * z) / b1 if b1 > 0 else z.clone()
+                new_weight = weight + applied ** 2
+                c = applied ** 2 / new_weight if new_weight > 0 else 1.0
+                if g["weight_decay"]:
+                    z.sub_(p, alpha=applied * g["weight_decay"])
+                z.addcdiv_(grad, denom, value=-applied)
+                x.lerp_(z, c)
+                p.copy_(x.mul_(b1).add_(z, alpha=1.0 - b1))
+        self._set(sf_weight=weight + (rate * self.param_groups[0]["lr"]) ** 2)
+
+    @torch.no_grad()
+    def eval(self) -> None:
+        """Schedule-Free mode: put the averaged point x into the parameters (no-op otherwise)."""
+        if self._get("sf_mode") == "eval":
+            return
+        self._set(sf_mode="eval")
+        b1 = self.param_groups[0]["betas"][0]
+        for p in self._params():
+            z = self.state[p].get("z")
+            if z is not None and b1 > 0:
+                p.sub_(z, alpha=1.0 - b1).div_(b1)
+
+    @torch.no_grad()
+    def train(self) -> None:
+        """Back to training mode after :meth:`eval` (no-op otherwise)."""
+        if self._get("sf_mode") == "train":
+            return
+        self._set(sf_mode="train")
+        b1 = self.param_groups[0]["betas"][0]
+        for p in self._params():
+            z = self.state[p].get("z")
+            if z is not None and b1 > 0:
+                p.mul_(b1).add_(z, alpha=1.0 - b1)
