@@ -57,7 +57,7 @@ def test_ordinary_loop_trains_and_anneals_to_zero():
     assert g["phase"] == "train" and math.isfinite(g["peak_lr"]) and g["peak_lr"] > 0
     # the last step of a cosine to T applies (almost) nothing
     assert g["applied_lr"] < 0.01 * g["peak_lr"]
-    assert opt.forwards > 0
+    assert opt.probe_forwards > 0 and opt.forwards == opt.probe_forwards + 80
 
 
 def test_ramp_rises_geometrically_until_the_edge():
@@ -289,6 +289,6 @@ def test_probe_leaves_batchnorm_buffers_and_rng_alone():
     mean = bn.running_mean.clone()
     rng = torch.get_rng_state()
     opt.step()  # the first step evaluates the probe 7 times
-    assert opt.forwards == 7
+    assert opt.probe_forwards == 7 and opt.forwards == 8
     assert torch.equal(bn.running_mean, mean)
     assert torch.equal(torch.get_rng_state(), rng)

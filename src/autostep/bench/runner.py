@@ -366,7 +366,7 @@ class Stepper:
 def _current_lr(opt, inner) -> float:
     """The step size in use: group["lr"] (times Prodigy's ``d``), or the published SaLSa's own."""
     group = inner.param_groups[0]
-    lr = group.get("lr")
+    lr = group.get("applied_lr", group.get("lr"))  # Autostep's lr is a multiplier
     if lr is None:
         lr = getattr(opt, "step_size", math.nan)
     d = group.get("d")

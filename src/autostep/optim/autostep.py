@@ -114,15 +114,16 @@ class Autostep(torch.optim.Optimizer):
         Steps between probe checks after the ramp; 0 turns the blow-up guard off.
 
     Read-outs: ``param_groups[i]["applied_lr"]`` (rate of the last step), ``["peak_lr"]`` (found
-    scale, ``nan`` while ramping), ``["phase"]``, and ``forwards`` (probe forwards so far).
+    scale, ``nan`` while ramping), ``["phase"]``, ``probe_forwards`` and ``forwards`` (probe plus the user's training forwards).
     """
 
     def __init__(self, params: Iterable, lr: float = 1.0, *, total_steps: Optional[int] = None,
                  model: Optional[torch.nn.Module] = None, loss_fn: Optional[Callable] = None,
                  probe_data=None, probe: str = "auto", betas: tuple = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, decay: str = "cosine", ramp_steps: Optional[int] = None,
-                 peak_fraction: float = 0.5, ramp_growth: Optional[float] = None,
-                 probe_batches: int = 2, guard_every: Optional[int] = None, rise: float = 0.1):
+                 peak_fraction: float = 1.0, ramp_growth: Optional[float] = None,
+                 probe_batches: int = 2, guard_every: Optional[int] = None, rise: Optional[float] = None,
+                 patience_factor: float = 4.0, ramp_decades: float = 3.5):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"Autostep: lr is a multiplier on the found step size and must be a finite "
                              f"number > 0 (1.0 uses the rate as found); got {lr!r}")
@@ -164,10 +165,16 @@ class Autostep(torch.optim.Optimizer):
             ramp_steps = max(10, total_steps // 10) if total_steps else 100
         if not isinstance(ramp_steps, int) or ramp_steps < 2:
             raise ValueError(f"Autostep: ramp_steps must be an int >= 2; got {ramp_steps!r}")
-        if ramp_growth is None:  # three decades over the longest ramp
-            ramp_growth = 1000.0 ** (1.0 / ramp_steps)
+        if ramp_growth is None:  # `ramp_decades` decades over the longest ramp
+            ramp_growth = 10.0 ** (ramp_decades / ramp_steps)
         if not ramp_growth > 1:
             raise ValueError(f"Autostep: ramp_growth must be > 1; got {ramp_growth!r}")
+        if rise is None:  # a fixed probe is noise-free; a closure's mini-batch losses are not
+            rise = 0.1 if probe == "auto" else 0.25
+        if not (isinstance(rise, (int, float)) and rise > 0):
+            raise ValueError(f"Autostep: rise must be a number > 0; got {rise!r}")
+        if not patience_factor > 1:
+            raise ValueError(f"Autostep: patience_factor must be > 1; got {patience_factor!r}")
         if guard_every is None:
             guard_every = max(10, (total_steps or 1000) // 50)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
@@ -177,6 +184,7 @@ class Autostep(torch.optim.Optimizer):
         # every group so torch's checkpoint helpers keep them
         run = dict(total_steps=total_steps, decay=decay, ramp_steps=ramp_steps, ramp_growth=ramp_growth,
                    peak_fraction=peak_fraction, guard_every=guard_every, rise=rise,
+                   patience=max(2, math.ceil(math.log(patience_factor) / math.log(ramp_growth))), since_best=0,
                    k=0, phase="start", ramp_lr=math.nan, best_loss=math.inf, best_lr=math.nan,
                    ramp_end=0, last_loss=math.nan, forwards=0, skipped=0, rollbacks=0,
                    sf_weight=0.0, sf_mode="train")
@@ -194,9 +202,19 @@ class Autostep(torch.optim.Optimizer):
             g.update(kw)
 
     @property
-    def forwards(self) -> int:
-        """Probe forwards so far (training forwards are the user's)."""
+    def probe_forwards(self) -> int:
+        """No-grad forwards Autostep ran on its probe batches."""
         return int(self._get("forwards"))
+
+    @property
+    def forwards(self) -> int:
+        """All forwards so far: the user's one per ``step()`` plus :attr:`probe_forwards`."""
+        return self.probe_forwards + int(self._get("k")) + self.skipped_steps
+
+    @property
+    def backwards(self) -> int:
+        """Backward passes: the user's one per ``step()`` (Autostep runs none itself)."""
+        return int(self._get("k")) + self.skipped_steps
 
     @property
     def skipped_steps(self) -> int:
@@ -294,18 +312,20 @@ class Autostep(torch.optim.Optimizer):
             self._set(last_loss=signal)
             best = self._get("best_loss")
             if math.isfinite(signal) and signal < best:
-                self._set(best_loss=signal, best_lr=self._get("ramp_lr"))
+                self._set(best_loss=signal, best_lr=self._get("ramp_lr"), since_best=0)
                 self._snapshot()
-                rate = self._get("ramp_lr") * self._get("ramp_growth")
-            elif not math.isfinite(signal) or signal > best * (1.0 + self._get("rise")):
-                # past the edge: back to the best point, peak = fraction of the rate that reached it
+            else:
+                self._set(since_best=self._get("since_best") + 1)
+            diverged = not math.isfinite(signal) or signal > best * (1.0 + self._get("rise"))
+            if diverged or self._get("since_best") >= self._get("patience"):
+                # past the edge (the loss blew up, or stopped improving over a `patience` span of
+                # rates): back to the best point; peak = fraction of the rate that reached it
                 self._restore()
                 self._end_ramp(self._get("best_lr") * self._get("peak_fraction"), k)
                 self._set(k=k + 1, rollbacks=self._get("rollbacks") + 1)
                 return loss  # this gradient was taken at the abandoned point
-            else:
-                rate = self._get("ramp_lr") * self._get("ramp_growth")
-            if k + 1 >= self._get("ramp_steps"):  # never crossed the edge: keep the rate reached
+            rate = self._get("ramp_lr") * self._get("ramp_growth")
+            if k + 1 >= self._get("ramp_steps"):  # still improving at the top: keep the rate reached
                 self._end_ramp(self._get("ramp_lr"), k + 1)
                 rate = self._scheduled(k)
             else:
@@ -337,7 +357,7 @@ class Autostep(torch.optim.Optimizer):
 
     def _initial_rate(self, params: list, closure_loss: Optional[float]) -> float:
         """Probe-loss line search along Adam's first direction (≈ sign of g), rates 1e-1 ... 1e-6;
-        the ramp starts a decade below the best.  Closure mode starts at 1e-5."""
+        the ramp starts at 0.3x the best.  Closure mode starts at 1e-5."""
         if self._probe is None:
             return 1e-5
         directions = [p.grad / (p.grad.abs() + self.param_groups[0]["eps"]) for p in params]
@@ -354,7 +374,7 @@ class Autostep(torch.optim.Optimizer):
         for p, w in zip(params, start):
             p.copy_(w)
         self._set(best_loss=base)
-        return best_rate * 0.1
+        return best_rate * 0.3
 
     def _init_state(self, params: list) -> None:
         for p in params:
