@@ -176,7 +176,7 @@ class Autostep(torch.optim.Optimizer):
         if not patience_factor > 1:
             raise ValueError(f"Autostep: patience_factor must be > 1; got {patience_factor!r}")
         if guard_every is None:
-            guard_every = max(10, (total_steps or 1000) // 50)
+            guard_every = max(10, (total_steps or 1000) // 20)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         applied_lr=0.0, peak_lr=math.nan)
         super().__init__(params, defaults)
@@ -282,11 +282,11 @@ class Autostep(torch.optim.Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError("Autostep does not support sparse gradients")
         # a non-finite gradient (fp16 overflow, a bad batch) skips the step: nothing changes
-        finite = torch.stack([torch.isfinite(p.grad).all() for p in params]).all()
+        # one fused norm and one host read: inf/nan anywhere makes the sum non-finite
+        total = float(torch.stack(torch._foreach_norm([p.grad for p in params])).sum())
+        ok = math.isfinite(total)
         if self._reducer.active:
-            ok = self._reducer.mean([float(finite)])[0] == 1.0
-        else:
-            ok = bool(finite)
+            ok = self._reducer.mean([float(ok)])[0] == 1.0
         if not ok:
             self._set(skipped=self._get("skipped") + 1)
             return loss
@@ -379,7 +379,7 @@ class Autostep(torch.optim.Optimizer):
     def _init_state(self, params: list) -> None:
         for p in params:
             st = self.state[p]
-            st["step"] = torch.zeros((), dtype=torch.float64)
+            st["step"] = 0
             st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             st["snapshot"] = p.detach().clone()
@@ -415,14 +415,14 @@ class Autostep(torch.optim.Optimizer):
             for p in ps:
                 st = self.state[p]
                 if "exp_avg" not in st:
-                    st["step"] = torch.zeros((), dtype=torch.float64)
+                    st["step"] = 0
                     st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 st["step"] += 1
                 grads.append(p.grad)
                 ms.append(st["exp_avg"])
                 vs.append(st["exp_avg_sq"])
-                steps.append(float(st["step"]))
+                steps.append(st["step"])
             torch._foreach_lerp_(ms, grads, 1.0 - b1)
             torch._foreach_mul_(vs, b2)
             torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
@@ -459,10 +459,10 @@ class Autostep(torch.optim.Optimizer):
                 if "z" not in st:
                     st["z"] = p.detach().clone()
                 if "exp_avg_sq" not in st:
-                    st["step"] = torch.zeros((), dtype=torch.float64)
+                    st["step"] = 0
                     st["exp_avg_sq"] = torch.zeros_like(p)
                 st["step"] += 1
-                s = float(st["step"])
+                s = st["step"]
                 z, v, grad = st["z"], st["exp_avg_sq"], p.grad
                 v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
                 denom = (v / (1.0 - b2 ** s)).sqrt_().add_(g["eps"])
