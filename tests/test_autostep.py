@@ -55,8 +55,8 @@ def test_ordinary_loop_trains_and_anneals_to_zero():
     g = opt.param_groups[0]
     assert end < 0.5 * start
     assert g["phase"] == "train" and math.isfinite(g["peak_lr"]) and g["peak_lr"] > 0
-    # the last step of a cosine to T applies (almost) nothing
-    assert g["applied_lr"] < 0.01 * g["peak_lr"]
+    # the last step of the linear decay to zero at T applies one step's share of the peak
+    assert g["applied_lr"] == pytest.approx(g["peak_lr"] / (80 - g["ramp_end"]))
     assert opt.probe_forwards > 0 and opt.forwards == opt.probe_forwards + 80
 
 
@@ -293,3 +293,14 @@ def test_probe_leaves_batchnorm_buffers_and_rng_alone():
     assert opt.probe_forwards == 7 and opt.forwards == 8
     assert torch.equal(bn.running_mean, mean)
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize("decay, mid", [("linear", 0.5), ("cosine", 0.5)])
+def test_decay_shapes_reach_zero_at_total_steps(decay, mid):
+    model, batches, _ = _problem()
+    opt = _make(model, batches, total_steps=110, decay=decay)
+    opt._set(phase="train", peak_lr=2.0, ramp_end=10)
+    assert opt._scheduled(10) == pytest.approx(2.0)
+    assert opt._scheduled(60) == pytest.approx(2.0 * mid)
+    assert opt._scheduled(110) == pytest.approx(0.0, abs=1e-12)
+    assert opt._scheduled(35) == pytest.approx(1.5 if decay == "linear" else 1.0 + math.cos(math.pi / 4))

@@ -288,12 +288,13 @@ def _autostep(**fixed):
 
 
 for _name, _fixed, _desc, _sf in [
-    ("Autostep-ramp-cos", {}, "ramp to the first 10% probe-loss rise, peak = best rate, cosine to T", False),
+    ("Autostep-ramp-cos", {"decay": "cosine"}, "ramp to the first 10% probe-loss rise, peak = best rate, cosine to T", False),
     ("Autostep-ramp-lin", {"decay": "linear"}, "ramp to the first 10% rise, linear decay to zero at T", False),
     ("Autostep-ramp-sf", {"total_steps": None}, "ramp to the first 10% rise, then Schedule-Free averaging", True),
-    ("Autostep-ramp-min", {"rise": 1.0, "peak_fraction": 0.35},
+    ("Autostep-ramp-min", {"rise": 1.0, "peak_fraction": 0.35, "decay": "cosine"},
      "ramp to the probe-loss minimum (stop at 2x or no gain over 4x the rate), peak = 0.35 x its rate", False),
-    ("Autostep-ramp-half", {"peak_fraction": 0.5}, "ramp to the first 10% rise, peak = half the best rate", False),
+    ("Autostep-ramp-half", {"peak_fraction": 0.5, "decay": "cosine"},
+     "ramp to the first 10% rise, peak = half the best rate, cosine to T", False),
 ]:
     register_method(MethodSpec(_name, "torch", _autostep(**_fixed), "autostep", _desc,
                                requires=("autostep.optim.autostep",), train_eval_modes=_sf,
@@ -302,5 +303,5 @@ for _name, _fixed, _desc, _sf in [
 
 # the recommended default: the design that won on the standard suite (benchmarks/autostep_designs.md)
 register_method(MethodSpec("Autostep", "torch", _autostep(), "autostep",
-                           "the recommended default: ramp-found scale, cosine decay to T",
+                           "the recommended default: ramp-found scale, linear decay to zero at T",
                            requires=("autostep.optim.autostep",), options={"probe_data": 2}))
