@@ -289,7 +289,6 @@ def _autostep(**fixed):
 
 for _name, _fixed, _desc, _sf in [
     ("Autostep-ramp-cos", {"decay": "cosine"}, "ramp to the first 10% probe-loss rise, peak = best rate, cosine to T", False),
-    ("Autostep-ramp-lin", {"decay": "linear"}, "ramp to the first 10% rise, linear decay to zero at T", False),
     ("Autostep-ramp-sf", {"total_steps": None}, "ramp to the first 10% rise, then Schedule-Free averaging", True),
     ("Autostep-ramp-min", {"rise": 1.0, "peak_fraction": 0.35, "decay": "cosine"},
      "ramp to the probe-loss minimum (stop at 2x or no gain over 4x the rate), peak = 0.35 x its rate", False),

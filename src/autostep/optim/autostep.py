@@ -124,7 +124,8 @@ class Autostep(torch.optim.Optimizer):
                  weight_decay: float = 0.0, decay: str = "linear", ramp_steps: Optional[int] = None,
                  peak_fraction: float = 1.0, ramp_growth: Optional[float] = None,
                  probe_batches: int = 2, guard_every: Optional[int] = None, rise: Optional[float] = None,
-                 patience_factor: float = 4.0, ramp_decades: float = 3.5):
+                 patience_factor: float = 4.0, ramp_decades: float = 3.5,
+                 ramp_start: float = 0.3):
         if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
             raise ValueError(f"Autostep: lr is a multiplier on the found step size and must be a finite "
                              f"number > 0 (1.0 uses the rate as found); got {lr!r}")
@@ -162,6 +163,9 @@ class Autostep(torch.optim.Optimizer):
         else:
             self._probe = None
         self._model, self._loss_fn = model, loss_fn
+        if not 0 < ramp_start <= 1:
+            raise ValueError(f"Autostep: ramp_start must lie in (0, 1]; got {ramp_start!r}")
+        self._ramp_start = ramp_start
         if ramp_steps is None:
             ramp_steps = max(10, total_steps // 10) if total_steps else 100
         if not isinstance(ramp_steps, int) or ramp_steps < 2:
@@ -375,7 +379,7 @@ class Autostep(torch.optim.Optimizer):
         for p, w in zip(params, start):
             p.copy_(w)
         self._set(best_loss=base)
-        return best_rate * 0.3
+        return best_rate * self._ramp_start
 
     def _init_state(self, params: list) -> None:
         for p in params:
