@@ -74,12 +74,26 @@ def test_evaluator_counts_and_returns_start_loss():
     assert ev.forwards == 2 and ev.backwards == 1
 
 
-def test_evaluator_clears_old_gradients():
+def test_evaluator_clears_its_own_old_gradients_and_uses_foreign_ones():
     w = nn.Parameter(torch.tensor([1.0]))
-    w.grad = torch.tensor([100.0])
-    ev = ClosureEvaluator(lambda: (3 * w).sum(), [w])
+    owner = type("Owner", (), {})()
+    ev = ClosureEvaluator(lambda: (3 * w).sum(), [w], owner=owner)
     ev.first()
-    assert torch.equal(w.grad, torch.tensor([3.0]))
+    assert torch.equal(w.grad, torch.tensor([3.0])) and not ev.given
+    # the optimizer's own gradient from the last step is stale: cleared, back-propagated again
+    ev = ClosureEvaluator(lambda: (5 * w).sum(), [w], owner=owner)
+    ev.first()
+    assert torch.equal(w.grad, torch.tensor([5.0])) and ev.backwards == 1
+    # a gradient computed outside step() (accelerate, a backward of the user's) is the step's
+    w.grad = torch.tensor([100.0])
+    ev = ClosureEvaluator(lambda: (3 * w).sum(), [w], owner=owner)
+    ev.first()
+    assert torch.equal(w.grad, torch.tensor([100.0])) and ev.given and ev.backwards == 0
+    # all-zero foreign gradients (zero_grad(set_to_none=False)) are not gradients
+    w.grad = torch.zeros(1)
+    ev = ClosureEvaluator(lambda: (3 * w).sum(), [w], owner=owner)
+    ev.first()
+    assert torch.equal(w.grad, torch.tensor([3.0])) and not ev.given
 
 
 def test_evaluator_nan_trial_is_inf():

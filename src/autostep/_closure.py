@@ -45,6 +45,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+import warnings
 import weakref
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
@@ -301,18 +302,28 @@ class ModelBuffers:
                 return
             seen.add(id(module))
             ran.append(module)
-            mods = module.modules() if hasattr(module, "_orig_mod") else (module,)
-            for x in mods:
+            compiled = hasattr(module, "_orig_mod")
+            for x in module.modules() if compiled else (module,):
                 for name, buf in x._buffers.items():
                     if buf is not None:
                         items.append((x, name, buf, buf.detach().clone()))
+            if compiled:
+                # torch.compile(model): its wrapper runs eagerly and holds the whole model; the
+                # hook goes away before the compiled forward is traced, so no graph sees it (a
+                # graph traced with a global hook is recompiled once the hook is gone)
+                handle[0].remove()
 
         self._items = items
-        handle = register_module_forward_pre_hook(hook)
+        handle = [register_module_forward_pre_hook(hook)]
         try:
-            yield self
+            with warnings.catch_warnings():
+                # torch.compile(model) warns once about global hooks; ours is gone before the
+                # compiled forward runs (see above)
+                warnings.filterwarnings("ignore", message=r".*torch\.compile\(module\)` when there are "
+                                        r"global hooks")
+                yield self
         finally:
-            handle.remove()
+            handle[0].remove()
         self._finalize(ran)
 
     @torch.no_grad()
@@ -405,6 +416,12 @@ class ClosureEvaluator:
         f = ev.trial()              # forward under no_grad at the current parameters
         ev.finish()                 # leave the generators where the first evaluation left them
 
+    A third case: gradients already in ``.grad`` that the optimizer's own last backward did not
+    produce (a backward outside ``step()``, gradient accumulation with accelerate, the HF Trainer)
+    and a loss-only closure, or ``given=True`` (a closure bound with ``set_closure`` and ``step()``
+    called without one): then :attr:`given` is true, those gradients are the step's, and the first
+    evaluation only measures the loss (its buffer updates are undone).
+
     After :meth:`first`, :attr:`torch_style` tells which convention the closure follows and
     :attr:`slope_grads` is ``None`` when the ``.grad`` fields are the gradient of the returned loss,
     else one tensor (or ``None``) per parameter: the gradient of the returned loss when the closure
@@ -421,11 +438,16 @@ class ClosureEvaluator:
         reducer: Reducer | None = None,
         buffers: ModelBuffers | None = None,
         grad_scaler=None,
+        owner=None,
+        given: bool = False,
     ) -> None:
         if closure is None:
             raise ClosureError(
-                "step() needs a closure: this optimizer evaluates the loss at trial points.\n"
-                + CLOSURE_CONTRACT
+                "step() needs a closure: this optimizer evaluates the loss at trial points. If "
+                "your loop calls backward() itself and then step() without arguments (Hugging Face "
+                "Trainer, accelerate), bind the loss with optimizer.set_closure(lambda: "
+                "loss_fn(model(x), y)) before each step (for the Trainer: "
+                "autostep.integrations.hf.attach(trainer)).\n" + CLOSURE_CONTRACT
             )
         if not callable(closure):
             raise ClosureError(
@@ -455,6 +477,9 @@ class ClosureEvaluator:
         self._pre_buffers: list | None = None
         self._before: list | None = None
         self._pre_grads: list | None = None
+        self.owner = owner
+        self.force_given = given
+        self.given = False
 
     # ------------------------------------------------------------------ first evaluation
     def _start(self, with_grad: bool, read: bool = True) -> torch.Tensor:
@@ -467,6 +492,9 @@ class ClosureEvaluator:
         """
         self._rng_before = RNGSnapshot()
         before = _grad_fingerprint(self.params)
+        given = with_grad and (self.force_given or self._foreign_grads())
+        if self.force_given:
+            with_grad = False  # a bound closure only evaluates the loss: no graph
         rec = _Recorder(self.params, skip=not with_grad)
         self._undo = (before, rec)
         if not with_grad:
@@ -482,10 +510,21 @@ class ClosureEvaluator:
                               zip(self.params, before))
                 self.torch_style = rec.calls > 0 or changed
             else:
-                self.torch_style = rec.calls > 0
+                self.torch_style = rec.calls > 0 and not self.force_given
                 for p, (g, _) in zip(self.params, before):
                     p.grad = g
-            if with_grad and not self.torch_style and not loss.requires_grad:
+            if given and not self.torch_style and self._any_nonzero_grad():
+                # gradients computed outside step() (accelerate, the HF Trainer, a backward of
+                # your own): they are the step's gradients; this evaluation only measured the
+                # loss, so its buffer updates (a second BatchNorm update) are undone
+                self.given = True
+                self.buffers.restore()
+            elif self.force_given:
+                raise ClosureError(
+                    "step() without a closure found no gradient: call backward() on the loss "
+                    "before step() (the closure bound with set_closure() only evaluates the loss)."
+                )
+            if with_grad and not self.torch_style and not self.given and not loss.requires_grad:
                 raise ClosureError(
                     "The loss returned by the closure does not require grad (it was computed under "
                     "torch.no_grad(), detached, or no parameter takes part in it), and the closure "
@@ -508,6 +547,35 @@ class ClosureEvaluator:
         self._before, self._pre_grads = before, rec.pre
         self._pre_buffers = self.buffers._items  # the copies taken before this evaluation
         return loss
+
+    def _foreign_grads(self) -> bool:
+        """Gradients in ``.grad`` that the optimizer's own last backward did not produce."""
+        if not any(p.grad is not None for p in self.params):
+            return False
+        own = getattr(self.owner, "_autostep_own_grads", None) or {}
+        for p in self.params:
+            g = p.grad
+            if g is None:
+                continue
+            ref = own.get(id(p))
+            if ref is None or ref[0]() is not g or ref[1] != g._version:
+                return True
+        return False
+
+    def _any_nonzero_grad(self) -> bool:
+        return any(bool(p.grad.any()) for p in self.params if p.grad is not None)
+
+    def _note_own_grads(self) -> None:
+        if self.owner is None:
+            return
+        own = {}
+        if not self.torch_style and not self.given:
+            own = {id(p): (weakref.ref(p.grad), p.grad._version) for p in self.params
+                   if p.grad is not None}
+        try:
+            self.owner._autostep_own_grads = own
+        except AttributeError:  # pragma: no cover
+            pass
 
     def _undo_start(self) -> None:
         """Put buffers, generators and ``.grad`` back as they were before :meth:`_start`."""
@@ -573,18 +641,20 @@ class ClosureEvaluator:
         that it shares one device-to-host transfer with the optimizer's own scalars.
         """
         loss = self._start(with_grad=True, read=read)
-        if not self.torch_style and not read:
+        if not self.torch_style and not self.given and not read:
             # the old gradients are not kept for an undo: holding them through the backward would
             # cost a gradient's memory (and, on CPU, fresh pages) every step; a non-finite start
             # loss found by read_start() leaves .grad cleared (None) instead
             before, rec = self._undo
             self._undo = ([(None, v) for _, v in before], rec)
-        if not self.torch_style:
+        if not self.torch_style and not self.given:
             for p in self.params:
                 p.grad = None
-            target = loss if self.grad_scaler is None else self.grad_scaler.scale(loss)
-            target.backward()
+            with torch.enable_grad():  # step() runs under no_grad; the scaling must be recorded
+                target = loss if self.grad_scaler is None else self.grad_scaler.scale(loss)
+                target.backward()
             self.backwards += 1
+        self._note_own_grads()
         if read:
             self._undo = None
             self._after_start()

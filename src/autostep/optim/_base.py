@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from .._closure import ClosureEvaluator, NonFiniteLossError
+from .._closure import ClosureEvaluator, NonFiniteLossError, unscale_grads
 from .._line import Line, axpy_
 from . import _functional as F
 from . import _validate as V
@@ -302,12 +302,14 @@ class ArmijoOptimizer(AutostepOptimizer):
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None,
+             grad_scaler=None) -> torch.Tensor:
         """Take one step; ``closure`` returns the mini-batch loss (see the class docstring).
 
         Returns the loss at the start point (the closure's first evaluation, detached).
         ``step(None)`` with all-zero gradients only creates the state (torch's distributed
-        checkpoint helpers call it so) and returns ``None``.
+        checkpoint helpers call it so) and returns ``None``; otherwise it uses the closure bound
+        with :meth:`set_closure`.  ``grad_scaler``: see "Mixed precision" in the class docstring.
 
         A step whose start loss or gradient is NaN/inf is skipped before anything changes
         (:attr:`skipped_steps`, :attr:`nonfinite_steps`, a ``RuntimeWarning``).  A step that raises
@@ -318,7 +320,7 @@ class ArmijoOptimizer(AutostepOptimizer):
         if self._init_call(closure):
             return None
         undo = self._begin_step()
-        ev = self._evaluator(closure)
+        ev = self._evaluator(closure, grad_scaler)
         ls = self._ls
         info: dict = {"loss": None, "trials": 0, "searched": False, "accepted": False,
                       "skipped": None}
@@ -326,6 +328,10 @@ class ArmijoOptimizer(AutostepOptimizer):
         try:
             # forward + backward; the start loss stays on the device until the one read below
             loss = ev.first(read=False)
+            if grad_scaler is not None:
+                # unscale and record the inf check in the scaler (for its update()); an inf/NaN
+                # gradient is then skipped below before any state changes
+                unscale_grads(grad_scaler, self)
             segs = self._segments(ev)
             self._check_grads(segs)
             clip = self._clip_coef([g for sg in segs for g in sg.grads])

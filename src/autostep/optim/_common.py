@@ -245,7 +245,8 @@ class AutostepOptimizer(Optimizer):
     # ------------------------------------------------------------------ state
     def __getstate__(self) -> dict:
         state = dict(super().__getstate__())
-        state.pop("_autostep_model_buffers", None)  # weak references to the model, found again
+        for key in ("_autostep_model_buffers", "_autostep_own_grads", "_bound_closure"):
+            state.pop(key, None)  # references to the model and the current batch, not state
         state["last_step"] = self.last_step
         return state
 
@@ -514,10 +515,29 @@ class AutostepOptimizer(Optimizer):
     # ------------------------------------------------------------------ closures
     def _evaluator(self, closure, grad_scaler=None):
         """A :class:`~autostep._closure.ClosureEvaluator` for one step, with the model buffers
-        found once per optimizer."""
+        found once per optimizer (``step()`` without a closure uses the one bound with
+        :meth:`set_closure`, on the gradients already computed)."""
         params = self._all_params()
-        return ClosureEvaluator(closure, params, self.reducer,
-                                buffers=model_buffers(self, params), grad_scaler=grad_scaler)
+        bound = self.__dict__.get("_bound_closure")
+        given = closure is None and bound is not None
+        return ClosureEvaluator(bound if given else closure, params, self.reducer,
+                                buffers=model_buffers(self, params), grad_scaler=grad_scaler,
+                                owner=self, given=given)
+
+    def set_closure(self, closure) -> None:
+        """Bind a loss-only closure that ``step()`` uses when it is called without one.
+
+        For loops and frameworks that call ``backward()`` themselves and then ``optimizer.step()``
+        with no argument (the Hugging Face Trainer, accelerate, a plain loop): the gradients in
+        ``.grad`` -- accumulated and clipped as the loop made them -- are the step's gradients, and
+        ``closure()`` (the mini-batch loss at the current parameters, no ``backward()``) is
+        evaluated under ``torch.no_grad()`` for the start loss and every trial.  Bind the current
+        batch before each ``step()``, e.g. ``opt.set_closure(lambda: loss_fn(model(x), y))``;
+        ``set_closure(None)`` unbinds.  The binding is not saved in ``state_dict()``.
+        """
+        if closure is not None and not callable(closure):
+            raise TypeError(f"set_closure expects a callable returning the loss, got {closure!r}")
+        self.__dict__["_bound_closure"] = closure
 
     # ------------------------------------------------------------------ read-outs
     def _all_params(self) -> list:

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .._closure import ClosureEvaluator, NonFiniteLossError
+from .._closure import ClosureEvaluator, NonFiniteLossError, unscale_grads
 from .._line import Line
 from . import _parabola as P
 from . import _validate as V
@@ -174,26 +174,32 @@ class PAL(_LineOptimizer):
         return self._ls["skipped"]
 
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
+    def step(self, closure: Optional[Callable[[], torch.Tensor]] = None,
+             grad_scaler=None) -> torch.Tensor:
         """Take one PAL step; ``closure`` returns the mini-batch loss (see the class docstring).
 
         Returns the loss at the start point.  A non-finite start loss or gradient skips the step
         before anything changes; a step that raises leaves the optimizer as it was (see
         :class:`~autostep.optim._common.AutostepOptimizer`).  ``step(None)`` with all-zero
         gradients only creates the state (torch's distributed checkpoint helpers call it so) and
-        returns ``None``.
+        returns ``None``; without a closure otherwise, the one bound with :meth:`set_closure` is
+        used.  ``grad_scaler`` (a ``torch.amp.GradScaler``): the optimizer's backward is scaled and
+        the gradients unscaled (an inf/NaN one skips the step, as above); call
+        ``grad_scaler.update()`` after the step as usual.
         """
         if self._init_call(closure):
             return None
         undo = self._begin_step()
         self._warn_external_writes()
-        ev = self._evaluator(closure)
+        ev = self._evaluator(closure, grad_scaler)
         line: Line | None = None
         try:
             try:
                 loss = ev.first()
             except NonFiniteLossError:
                 return self._skip(ev, "start loss", torch.tensor(ev.loss0, device=ev.device), undo)
+            if grad_scaler is not None:
+                unscale_grads(grad_scaler, self)  # records the inf check for scaler.update()
             if not self._grads_finite(ev):
                 return self._skip(ev, "gradient", loss, undo)
             first = self.param_groups[0]

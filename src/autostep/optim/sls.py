@@ -57,6 +57,22 @@ _COMMON_DOC = """
         at about one trial per step, and chainable schedulers (``ExponentialLR``, ``StepLR``) shrink
         the applied step from one write to the next.  Amortised steps reuse ``min(step size, cap)``.
 
+    Gradients computed outside ``step()``
+        With a torch-style closure the gradients it leaves are used (gradient accumulation,
+        clipping in the closure).  Gradients already in ``.grad`` that this optimizer's own last
+        backward did not produce (a backward of yours, accelerate's ``accumulate()``) are used as
+        they are with a loss-only closure too, which then only measures the loss.  Loops that call
+        ``optimizer.step()`` without an argument (the Hugging Face Trainer, accelerate) bind a
+        loss-only closure with :meth:`set_closure`.
+
+    Mixed precision
+        bf16 autocast needs nothing.  fp16 with a ``torch.amp.GradScaler``:
+        ``opt.step(closure, grad_scaler=scaler); scaler.update()`` -- the closure returns the
+        *unscaled* loss (the search compares unscaled losses), the optimizer scales its backward,
+        unscales the gradients, and skips a step with an inf/NaN gradient before any state
+        changes.  When ``backward()`` runs outside ``step()`` (bound closure), the stock
+        ``scaler.step(opt); scaler.update()`` works.
+
     Param groups
         Every group has its own step size and Armijo constant; one joint search scales all groups'
         step sizes (each by its own ``backtrack``) until

@@ -1,0 +1,150 @@
+"""Frameworks and features of the README's "Works with" table (issue 10), each through the runnable
+example in examples/ that shows it.  Framework imports are slow: one tiny model per test, a few
+steps each; the Lightning and Hugging Face tests are marked slow."""
+
+import importlib.util
+import math
+import pathlib
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import autostep
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+
+def example(name):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+ARMIJO, PARABOLIC = "SALSA", "PAL"
+
+
+# ---------------------------------------------------------------------- torch.compile
+@pytest.mark.parametrize("style", ["loss", "torch"])
+@pytest.mark.parametrize("method", [ARMIJO, PARABOLIC, "LABPAL-sgd"])
+def test_compiled_model_two_graphs_no_recompiles(method, style):
+    from torch._dynamo.testing import CompileCounter
+    import torch._dynamo.utils as dyn_utils
+
+    ex = example("compile_amp")
+    torch._dynamo.reset()
+    dyn_utils.counters.clear()
+    cnt = CompileCounter()
+    opt, losses = ex.compiled(method, steps=6, style=style, backend=cnt)
+    assert cnt.frame_count <= 2  # one graph with grad (first evaluation), one without (trials)
+    assert sum(dyn_utils.counters["recompiles"].values()) <= 1 if "recompiles" in dyn_utils.counters else True
+    assert all(math.isfinite(v) for v in losses)
+    assert opt.steps == 6
+    torch._dynamo.reset()
+
+
+# ---------------------------------------------------------------------- mixed precision
+@pytest.mark.parametrize("method", [ARMIJO, PARABOLIC])
+def test_fp16_grad_scaler_and_bf16(method):
+    ex = example("compile_amp")
+    opt, scaler, losses, scales = ex.fp16(method, steps=8, growth_interval=3)
+    assert opt.skipped_steps == 0 and min(losses[4:]) < losses[0]
+    assert scales[-1] > scales[0]  # update() saw the inf checks recorded by the step
+    opt, losses = ex.bf16(method, steps=8)
+    assert min(losses[4:]) < losses[0]
+
+
+def test_fp16_inf_gradients_skip_the_step_and_lower_the_scale():
+    ex = example("compile_amp")
+    model, x, y = ex._problem("cpu")
+    opt = autostep.SALSA(model.parameters())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 60)
+    before = [p.detach().clone() for p in model.parameters()]
+
+    def closure():
+        with torch.autocast("cpu", dtype=torch.float16):
+            return nn.functional.cross_entropy(model(x[:32]), y[:32])
+
+    opt.step(closure, grad_scaler=scaler)
+    scaler.update()
+    assert opt.last_step["skipped"] == "non-finite gradient"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert not opt.state  # no Adam moment was created from the inf gradient
+    assert scaler.get_scale() == 2.0 ** 59
+
+
+# ---------------------------------------------------------------------- accelerate
+def test_accelerate_accumulate_uses_every_micro_batch():
+    from accelerate import Accelerator
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    ref = [p.detach().clone() for p in model.parameters()]
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 4, generator=g), torch.randn(16, 1, generator=g)) for _ in range(2)]
+    # the accumulated gradient at the start point: mean of the two micro-batch gradients
+    grads = [torch.zeros_like(p) for p in model.parameters()]
+    for xb, yb in batches:
+        gs = torch.autograd.grad(nn.functional.mse_loss(model(xb), yb), list(model.parameters()))
+        grads = [a + b / 2 for a, b in zip(grads, gs)]
+    accelerator = Accelerator(gradient_accumulation_steps=2, cpu=True)
+    opt = autostep.SLS(model.parameters(), lr=0.5)
+    model_p, aopt = accelerator.prepare(model, opt)
+    for xb, yb in batches:
+        with accelerator.accumulate(model_p):
+            accelerator.backward(nn.functional.mse_loss(model_p(xb), yb))
+            aopt.step(lambda: nn.functional.mse_loss(model_p(xb), yb))
+            aopt.zero_grad()
+    assert opt.steps == 1 and opt.backwards == 0  # the step used accelerate's gradients
+    eta = opt.last_step["step_sizes"][0]
+    for p, w0, gr in zip(model.parameters(), ref, grads):
+        assert torch.allclose(p.detach(), w0 - eta * gr, atol=1e-6)
+
+
+def test_accelerate_example_runs():
+    ex = example("accelerate_accumulate")
+    model, opt, losses = ex.main(ARMIJO, batches=8)
+    assert opt.steps == 4 and all(math.isfinite(v) for v in losses)
+
+
+# ---------------------------------------------------------------------- Lightning
+@pytest.mark.slow
+@pytest.mark.parametrize("method", [ARMIJO, PARABOLIC, "LABPAL-sgd"])
+def test_lightning_automatic_optimization_with_clipping_and_accumulation(method):
+    ex = example("lightning_automatic")
+    model, trainer = ex.main(method, max_steps=4, accumulate=2, clip=0.05)
+    opt = trainer.optimizers[0]
+    opt = getattr(opt, "_optimizer", opt)
+    assert opt.steps == 4
+    # Lightning's closure: one backward per step, none in trials (LABPAL's measuring calls need
+    # no gradient: their backward is skipped too)
+    assert opt.backwards == opt.steps if method != "LABPAL-sgd" else 1 <= opt.backwards < opt.steps
+    assert opt.forwards > opt.steps
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+    if method != "LABPAL-sgd":  # (LABPAL's last call only measured: it used no gradient)
+        assert norm <= 0.05 * (1 + 1e-4)  # gradient_clip_val applied to the gradients used
+    assert all(math.isfinite(v) for v in model.losses)
+
+
+# ---------------------------------------------------------------------- Hugging Face Trainer
+@pytest.mark.slow
+@pytest.mark.parametrize("kind,accumulate", [("bert", 2), ("gpt2", 1)])
+def test_hf_trainer_with_default_schedule_and_clipping(kind, accumulate):
+    ex = example("hf_trainer")
+    trainer, opt = ex.main(kind, ARMIJO, steps=4, accumulate=accumulate)
+    assert opt.steps == 4
+    assert opt.backwards == 0  # the Trainer's backward: the step used its gradients
+    assert math.isfinite(opt.last_step["loss"])
+    # the Trainer's linear schedule caps the step size: lr(t) = lr0 * (1 - t/4) after step t
+    assert opt.last_step["step_sizes"][0] <= 0.1 * (1 - 3 / 4) + 1e-12
+
+
+@pytest.mark.slow
+def test_hf_trainer_pal():
+    ex = example("hf_trainer")
+    trainer, opt = ex.main("gpt2", PARABOLIC, steps=3, accumulate=1)
+    assert opt.steps == 3 and opt.backwards == 0
