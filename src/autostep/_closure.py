@@ -492,6 +492,7 @@ class ClosureEvaluator:
         """
         self._rng_before = RNGSnapshot()
         before = _grad_fingerprint(self.params)
+        self._prev_own = getattr(self.owner, "_autostep_own_grads", None)
         given = with_grad and (self.force_given or self._foreign_grads())
         if self.force_given:
             with_grad = False  # a bound closure only evaluates the loss: no graph
@@ -579,6 +580,7 @@ class ClosureEvaluator:
 
     def _undo_start(self) -> None:
         """Put buffers, generators and ``.grad`` back as they were before :meth:`_start`."""
+        self._restore_own()
         before, rec = self._undo
         self.buffers.restore()
         self._rng_before.restore()
@@ -730,6 +732,15 @@ class ClosureEvaluator:
         if self._rng_before is not None:
             self._rng_before.restore()
         self._rng_after = None
+        self._restore_own()
+
+    def _restore_own(self) -> None:
+        """Which ``.grad`` tensors count as the optimizer's own, as before the step."""
+        if self.owner is not None and hasattr(self, "_prev_own"):
+            try:
+                self.owner._autostep_own_grads = self._prev_own
+            except AttributeError:  # pragma: no cover
+                pass
 
     def finish(self) -> None:
         """Leave the generators where the first evaluation left them."""
