@@ -660,6 +660,62 @@ def test_duplicate_parameters_are_refused(name):
     assert len(opt.param_groups) == 2
 
 
+# =============================================================================================
+# item 9: extreme loss scales either work (scale-safe norms and dots) or say why nothing moves
+SCALES = fault("loss x 1e30", "loss x 1e20", "loss x 1e-20", "loss x 1e-30")
+
+
+def _scaled_run(name, exponent, steps=12, seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+    opt = OPTS[name](model.parameters())
+    scale = 10.0 ** exponent
+    full = lambda: float(nn.functional.cross_entropy(model(X), Y))
+    l0 = full()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for t in range(steps):
+            xb, yb = batch(t)
+            opt.step(lambda: nn.functional.cross_entropy(model(xb), yb) * scale)
+    notes = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)
+             and "moved nothing" in str(w.message)]
+    return model, l0, full(), notes
+
+
+@pytest.mark.parametrize("name", NAMES)
+@settings(max_examples=4, deadline=None)
+@given(exponent=st.sampled_from([-30, -25, -20, -15, -10, 0, 10, 15, 20, 25, 30]),
+       seed=st.integers(0, 3))
+def test_extreme_loss_scales_move_or_warn(name, exponent, seed):
+    model, l0, l1, notes = _scaled_run(name, exponent, seed=seed)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    moved = abs(l1 - l0) > 1e-4 * l0
+    assert moved or notes, (l0, l1, "nothing moved and no warning said why")
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if n.startswith(("PAL", "LABPAL"))])
+@settings(max_examples=4, deadline=None)
+@given(exponent=st.integers(-30, 30))
+def test_parabolic_searches_are_scale_invariant(name, exponent):
+    """PAL/LABPAL work on the unit direction, with norms and slopes that neither overflow nor
+    underflow (float64 where float32 would): a run at any scale float32 holds ends where the
+    unscaled run ends (up to rounding), where before 1e20 already stopped every step."""
+    _, l0, ref, _ = _scaled_run(name, 0)
+    _, l0, l1, notes = _scaled_run(name, exponent)
+    assert abs(l1 - l0) > 1e-3 and not notes
+    assert abs(l1 - ref) <= 0.1 * ref + 0.01, (exponent, l0, l1, ref)
+
+
+def test_scale_safe_norm_and_dot():
+    from autostep.optim._adam import dot_float, sq_norm_float
+    for scale in (1e30, 1e-30, 1.0):
+        x = [torch.full((4,), 3.0) * scale, torch.full((2,), 4.0) * scale]
+        assert sq_norm_float(x) == pytest.approx((9 * 4 + 16 * 2) * scale ** 2, rel=1e-6)
+        assert dot_float(x, x) == pytest.approx((9 * 4 + 16 * 2) * scale ** 2, rel=1e-6)
+    assert sq_norm_float([torch.zeros(3)]) == 0.0
+    assert math.isnan(sq_norm_float([torch.tensor([math.nan, 1.0])]))
+
+
 def test_fault_table_is_large_enough():
     assert len(FAULTS) >= 40, len(FAULTS)
     assert len(set(FAULTS)) == len(FAULTS)

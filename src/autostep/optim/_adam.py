@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["AdamMoments", "adam_moments", "init_adam_state", "dots", "sq_norms", "all_zero", "scalar_or_list"]
+__all__ = ["AdamMoments", "adam_moments", "init_adam_state", "dots", "sq_norms", "sq_norm_float", "dot_float", "all_zero", "scalar_or_list"]
 
 
 def init_adam_state(st: dict, p: torch.Tensor) -> None:
@@ -147,6 +147,30 @@ def sq_norms(xs: Sequence[torch.Tensor]) -> torch.Tensor:
         return torch.zeros((), dtype=torch.float64)
     norms = torch._foreach_norm(list(xs))
     return torch.stack([n.double() for n in norms]).pow(2).sum()
+
+
+def sq_norm_float(xs: Sequence[torch.Tensor]) -> float:
+    """``sum_i ||x_i||^2`` as a float that neither overflows nor underflows on float32 inputs.
+
+    The float32 norms are used when they are representable; a result of 0 or inf (squares beyond
+    float32 range, |x| above ~1e19 or below ~1e-19) is recomputed in float64 (rare: extreme loss
+    scales).  NaN stays NaN."""
+    xs = list(xs)
+    v = float(sq_norms(xs))
+    if xs and (v == 0.0 or math.isinf(v)):
+        n64 = torch._foreach_norm(xs, 2, dtype=torch.float64)
+        v = float(torch.stack([n.to(n64[0].device) for n in n64]).pow(2).sum())
+    return v
+
+
+def dot_float(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> float:
+    """``sum_i <x_i, y_i>`` as a float, recomputed in float64 when float32 over- or underflows."""
+    xs, ys = list(xs), list(ys)
+    v = float(dots(xs, ys))
+    if xs and (v == 0.0 or math.isinf(v)):
+        v = float(sum(torch.dot(x.reshape(-1).double(), y.reshape(-1).double()).item()
+                      for x, y in zip(xs, ys)))
+    return v
 
 
 def all_zero(xs: Sequence[torch.Tensor]) -> bool:

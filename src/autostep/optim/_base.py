@@ -28,13 +28,15 @@ from .._closure import ClosureEvaluator, NonFiniteLossError, unscale_grads
 from .._line import Line, axpy_
 from . import _functional as F
 from . import _validate as V
-from ._adam import dots
+from ._adam import all_zero, dots
 from ._common import AutostepOptimizer
 
 __all__ = ["ArmijoOptimizer", "Plan", "Segment"]
 
 #: searches before the amortised mode may start reusing the step size
 AMORTIZE_WARMUP = 10
+#: accepted searches in a row with a decrease below float rounding before the scale warning
+STALL_SEARCHES = 10
 
 
 @dataclass
@@ -164,6 +166,7 @@ class ArmijoOptimizer(AutostepOptimizer):
             "log_eta_fast": None,
             "log_eta_slow": None,
             "warned_no_grad": False,
+            "stalled": 0,
         })
 
     def _group_added(self, group: dict) -> None:
@@ -325,6 +328,7 @@ class ArmijoOptimizer(AutostepOptimizer):
         info: dict = {"loss": None, "trials": 0, "searched": False, "accepted": False,
                       "skipped": None}
         line: Line | None = None
+        scale_note: str | None = None  # why nothing moved, when an extreme loss scale is the cause
         try:
             # forward + backward; the start loss stays on the device until the one read below
             loss = ev.first(read=False)
@@ -377,7 +381,7 @@ class ArmijoOptimizer(AutostepOptimizer):
                 info["skipped"] = "no gradients"
             elif not all(math.isfinite(si) for si in s):
                 # finite gradients whose decrease term overflows: an extreme loss scale
-                self._warn_scale("the first-order decrease term overflows the float range")
+                scale_note = "the first-order decrease <g, d> overflows the float range"
                 info["skipped"] = "decrease term overflow"
                 ls["skipped"] += 1
                 plan.commit()
@@ -394,6 +398,9 @@ class ArmijoOptimizer(AutostepOptimizer):
                      for j, si in enumerate(s)):
                 plan.commit()
                 info["skipped"] = "zero direction"
+                if not all_zero([g for sg in segs for g in sg.grads]):
+                    scale_note = ("the search direction and its decrease term are zero although the "
+                                  "gradient is not (g^2 underflows or overflows float32)")
             else:
                 zero = [si == 0.0 and (plan.exact_zero is None or plan.exact_zero(j))
                         for j, si in enumerate(s)]
@@ -419,6 +426,16 @@ class ArmijoOptimizer(AutostepOptimizer):
                     self._set_eta(sg, min(max(own, sg.group["min_lr"]), sg.group["max_lr"]))
                 self._publish_lr(segs, etas)
                 if accepted:
+                    # steps whose first-order decrease is below the loss's float rounding move
+                    # nothing measurable; ten searches in a row of them are worth a warning
+                    pred = sum(e * abs(si) for e, si in zip(etas, s))
+                    stalled = pred <= 4.0 * ev.loss_eps * abs(ev.loss0)
+                    ls["stalled"] = ls.get("stalled", 0) + 1 if stalled else 0
+                    if ls["stalled"] >= STALL_SEARCHES:
+                        scale_note = (f"for {STALL_SEARCHES} searches in a row the accepted steps' "
+                                      "first-order decrease was below the loss's float rounding "
+                                      "(a loss scaled far below 1, or step sizes capped by max_lr "
+                                      "or a scheduler)")
                     if plan.final is not None:
                         self._apply_final(plan, segs, etas, line)
                     self._decay([(sg.params, sg.group["weight_decay"], e)
@@ -429,6 +446,10 @@ class ArmijoOptimizer(AutostepOptimizer):
                     ls["skipped"] += 1
                     ls["interval"] = 1
                     info["skipped"] = "max_trials exhausted"
+                    if all(e <= sg.group["min_lr"] for e, sg in zip(etas, segs)):
+                        scale_note = (f"every step size down to min_lr={segs[0].group['min_lr']:g} "
+                                      "was rejected (with a loss scaled by 1e10 or more the step "
+                                      "sizes needed are below it: lower min_lr or rescale)")
             self._finish_groups()
             for group in self.param_groups:
                 group["applied_lr"] = group["lr"]
@@ -448,6 +469,9 @@ class ArmijoOptimizer(AutostepOptimizer):
         info.update(forwards=ev.forwards, backwards=ev.backwards,
                     step_sizes=[g["lr"] for g in self.param_groups])
         self.last_step = info
+        if scale_note is not None:
+            info["scale"] = scale_note
+            self._warn_scale(scale_note)
         return loss
 
     def _apply_final(self, plan: Plan, segs: list[Segment], etas: list[float], line: Line | None) -> None:

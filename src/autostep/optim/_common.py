@@ -51,7 +51,7 @@ from torch.optim import Optimizer
 from .._closure import ClosureEvaluator, model_buffers
 from ..distributed import Reducer, local
 from . import _validate as V
-from ._adam import sq_norms
+from ._adam import sq_norm_float
 
 __all__ = ["AutostepOptimizer", "StepUndo", "STATE_KEY"]
 
@@ -74,7 +74,7 @@ def _copy_group(g: dict) -> dict:
 
 
 #: side-state counters added by the fault handling; state dicts saved before it lack them
-_OPTIONAL_LS = ("skipped", "nonfinite")
+_OPTIONAL_LS = ("skipped", "nonfinite", "stalled")
 
 
 class StepUndo:
@@ -217,7 +217,7 @@ class AutostepOptimizer(Optimizer):
         mx = self.param_groups[0].get("max_grad_norm")
         if mx is None or not grads:
             return 1.0
-        norm = math.sqrt(float(sq_norms([local(g) for g in grads])))
+        norm = math.sqrt(sq_norm_float([local(g) for g in grads]))
         if not math.isfinite(norm) or norm <= mx:
             return 1.0
         return mx / (norm + 1e-6)
@@ -461,12 +461,16 @@ class AutostepOptimizer(Optimizer):
         return loss
 
     def _warn_scale(self, why: str) -> None:
-        """Say why a step moved nothing when the loss scale is extreme (issue 11 item 9)."""
+        """Say why a step moved nothing when the loss scale is extreme (issue 11 item 9); once per
+        optimizer and reason (``last_step["scale"]`` says it every time)."""
+        seen = self.__dict__.setdefault("_scale_warned", set())
+        if why in seen:
+            return
+        seen.add(why)
         warnings.warn(
-            f"{type(self).__name__}.step: {why}, so the step moved nothing. The loss (or its "
-            "gradient) is scaled beyond what float32 represents (|g|^2 overflows above ~1e19, "
-            "underflows below ~1e-19); rescale the loss (e.g. divide it by its typical value) or "
-            "use a larger dtype.",
+            f"{type(self).__name__}.step: {why}, so the step moved nothing. If the loss is "
+            "scaled far from 1 (float32 squares overflow for |g| above ~1e19 and underflow below "
+            "~1e-19), rescale it, e.g. divide it by its typical value.",
             RuntimeWarning,
             stacklevel=4,
         )

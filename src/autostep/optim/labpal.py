@@ -15,7 +15,7 @@ from .._closure import ClosureEvaluator, NonFiniteLossError
 from .._line import Line
 from . import _parabola as P
 from . import _validate as V
-from ._adam import sq_norms
+from ._adam import sq_norm_float
 from .pal import CLOSURE_DOC, _LineOptimizer
 
 __all__ = ["LABPAL"]
@@ -352,7 +352,7 @@ class LABPAL(_LineOptimizer):
             if pos == k - 1:
                 members = self._members()
                 dirs = self._finish_direction(members, k)
-                norm = math.sqrt(sum(float(sq_norms(d)) for d in dirs))
+                norm = math.sqrt(sum(sq_norm_float(d) for d in dirs))
                 if not (norm > 0 and math.isfinite(norm)):
                     ls["pos"] = 0
                     return self._end_phase(info, aborted="zero or non-finite direction")
@@ -468,7 +468,7 @@ class LABPAL(_LineOptimizer):
             lr = ls["est_lr"]
             length = math.nan  # ||d_t|| is not computed in SGD mode (it costs a reduction)
         else:
-            norm = math.sqrt(sum(float(sq_norms(d)) for d in dirs))
+            norm = math.sqrt(sum(sq_norm_float(d) for d in dirs))
             lr = ls["est_step"] / norm if norm > 0 and math.isfinite(norm) else 0.0
             length = ls["est_step"] if lr > 0 else 0.0
         if lr > 0:

@@ -18,7 +18,7 @@ from .._closure import ClosureEvaluator, NonFiniteLossError, unscale_grads
 from .._line import Line
 from . import _parabola as P
 from . import _validate as V
-from ._adam import dots, sq_norms
+from ._adam import dot_float, sq_norm_float
 from ._common import AutostepOptimizer
 
 __all__ = ["PAL"]
@@ -222,7 +222,7 @@ class PAL(_LineOptimizer):
                     dirs.append(d)
                 else:
                     dirs.append(gs)
-            norm_sq = float(sum(float(sq_norms(d)) for d in dirs))
+            norm_sq = float(sum(sq_norm_float(d) for d in dirs))  # scale-safe (issue 11 item 9)
             norm = math.sqrt(norm_sq)
             if not params or not any(params) or not (norm > 0 and math.isfinite(norm)):
                 s_upd, case, a, slope, f_mu = 0.0, "zero direction", math.nan, 0.0, math.nan
@@ -234,7 +234,7 @@ class PAL(_LineOptimizer):
                                for p in ps] for ps in params]
                     unclip = 1.0
                 # the slope is <g, d> with the unclipped gradient g = g_clipped / clip
-                slope = -float(sum(float(dots(gs, d)) for gs, d in zip(sgrads, dirs))) / norm / unclip
+                slope = -float(sum(dot_float(gs, d) for gs, d in zip(sgrads, dirs))) / norm / unclip
                 line = Line(params, dirs)
                 line.move([mu / norm] * len(params))
                 f_mu = ev.trial()
