@@ -398,7 +398,10 @@ class ArmijoOptimizer(AutostepOptimizer):
                      for j, si in enumerate(s)):
                 plan.commit()
                 info["skipped"] = "zero direction"
-                if not all_zero([g for sg in segs for g in sg.grads]):
+                # a zero direction at a loss of ordinary size is a zero gradient; far from it
+                # (and only then: it costs a read) check whether g^2 under- or overflowed
+                if (not 1e-12 <= abs(ev.loss0) <= 1e12
+                        and not all_zero([g for sg in segs for g in sg.grads])):
                     scale_note = ("the search direction and its decrease term are zero although the "
                                   "gradient is not (g^2 underflows or overflows float32)")
             else:
