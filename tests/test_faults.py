@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -696,6 +696,8 @@ def test_extreme_loss_scales_move_or_warn(name, exponent, seed):
 @pytest.mark.parametrize("name", [n for n in NAMES if n.startswith(("PAL", "LABPAL"))])
 @settings(max_examples=4, deadline=None)
 @given(exponent=st.integers(-30, 30))
+@example(exponent=21)  # momentum: float32 <g, d> overflowed with both signs (NaN slope)
+@example(exponent=-30)
 def test_parabolic_searches_are_scale_invariant(name, exponent):
     """PAL/LABPAL work on the unit direction, with norms and slopes that neither overflow nor
     underflow (float64 where float32 would): at any scale float32 holds the run moves and skips
@@ -713,6 +715,9 @@ def test_scale_safe_norm_and_dot():
         x = [torch.full((4,), 3.0) * scale, torch.full((2,), 4.0) * scale]
         assert sq_norm_float(x) == pytest.approx((9 * 4 + 16 * 2) * scale ** 2, rel=1e-6)
         assert dot_float(x, x) == pytest.approx((9 * 4 + 16 * 2) * scale ** 2, rel=1e-6)
+    big = [torch.tensor([3e20, -4e20]), torch.tensor([1.0])]
+    other = [torch.tensor([5e20, 2e20]), torch.tensor([0.0])]  # float32 dot: inf - inf = NaN
+    assert dot_float(big, other) == pytest.approx(3e20 * 5e20 - 4e20 * 2e20, rel=1e-6)
     assert sq_norm_float([torch.zeros(3)]) == 0.0
     assert math.isnan(sq_norm_float([torch.tensor([math.nan, 1.0])]))
 

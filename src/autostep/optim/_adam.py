@@ -164,10 +164,11 @@ def sq_norm_float(xs: Sequence[torch.Tensor]) -> float:
 
 
 def dot_float(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> float:
-    """``sum_i <x_i, y_i>`` as a float, recomputed in float64 when float32 over- or underflows."""
+    """``sum_i <x_i, y_i>`` as a float, recomputed in float64 when float32 over- or underflows
+    (an overflow of terms of both signs gives NaN, so a NaN is recomputed too)."""
     xs, ys = list(xs), list(ys)
     v = float(dots(xs, ys))
-    if xs and (v == 0.0 or math.isinf(v)):
+    if xs and (v == 0.0 or not math.isfinite(v)):
         v = float(sum(torch.dot(x.reshape(-1).double(), y.reshape(-1).double()).item()
                       for x, y in zip(xs, ys)))
     return v
