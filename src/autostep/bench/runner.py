@@ -154,33 +154,6 @@ def search_budget(steps: int) -> int:
     return int(math.floor(SEARCH_FRACTION * steps))
 
 
-def _grid_size(lo: float, hi: float) -> int:
-    """Points of find_lr's initial half-decade grid over [lo, hi]."""
-    span = math.log10(hi) - math.log10(lo)
-    n = int(math.floor(span / 0.5 + 1e-9)) + 1
-    return n + (1 if span - 0.5 * (n - 1) > 1e-9 else 0)
-
-
-#: find_lr search plans (lr range, refinement rounds, fewest steps per trial), from the paper's (20
-#: steps per trial, up to 10 rounds) down to a bare 7-point grid; each bounds its trials by grid points
-#: + 10 per refinement round (2 extensions + 2 neighbours of each of 4 picks).  Refinement rounds come
-#: before longer trials: on the quick suite (3 seeds) 2-step trials with 2 rounds left a median train
-#: loss 24x tuned Adam-cosine's, 7-9-step trials on the bare grid 336x.
-_FIND_LR_PLANS = (((1e-5, 1.0), 10, 10), ((1e-5, 1.0), 2, 2), ((1e-5, 1.0), 1, 2), ((1e-5, 1.0), 0, 2),
-                  ((1e-4, 1e-1), 0, 1))
-
-
-def _find_lr_plan(budget: int) -> Optional[dict]:
-    """The richest find_lr plan whose worst case fits in ``budget`` training steps (None: none)."""
-    for lr_range, rounds, fewest in _FIND_LR_PLANS:
-        bound = _grid_size(*lr_range) + 10 * rounds
-        per_trial = min(20, budget // bound)
-        if per_trial >= fewest:
-            return {"lr_range": lr_range, "max_rounds": rounds, "max_extend": 0 if rounds < 10 else 6,
-                    "steps": per_trial, "bound": bound * per_trial}
-    return None
-
-
 def _select_lr(spec, task: Task, cfg: RunConfig) -> tuple[float, int, str]:
     """Run a selector's LR search within :data:`SEARCH_FRACTION` of the run's budget.
 
@@ -191,36 +164,25 @@ def _select_lr(spec, task: Task, cfg: RunConfig) -> tuple[float, int, str]:
     model = task.model
     budget = search_budget(cfg.steps)
     if kind == "find_lr":
-        import inspect
+        from ..finder import NoViableRateError, find_lr
 
-        from ..finder import find_lr
-
-        sig = inspect.signature(find_lr).parameters
-        make = lambda p, lr: torch.optim.Adam(p, lr=lr)  # noqa: E731
-        train = task.probe_batches(20, cfg.seed)
-        val = task.probe_batches(4, cfg.seed + 1)
-        kw = {"progress": False}
-        if "schedule" in sig and "total_steps" in sig:  # the schedule-aware finder (issue 9)
-            kw.update(schedule="cosine", total_steps=cfg.steps - budget)
-        if "budget" in sig:  # the finder shrinks its own search
-            res = find_lr(model, make, task.loss_fn, train, val, budget=budget, **kw)
-            spent = int(res.steps_spent)
-            note = f"search capped by find_lr(budget={budget}): {spent} steps"
-            return float(res.lr), spent, note
-        plan = _find_lr_plan(budget)
-        if plan is None:
+        if budget < 4:  # find_lr needs two trials of two steps
             return 1e-3, 0, (f"no search fits in {budget} steps (10% of {cfg.steps}); "
                              f"trained at Adam's 1e-3")
-        full = plan["steps"] == 20 and plan["max_rounds"] == 10
-        res = find_lr(model, make, task.loss_fn, train, val, steps=plan["steps"],
-                      lr_range=plan["lr_range"], max_rounds=plan["max_rounds"],
-                      max_extend=plan["max_extend"], **kw)
+        # as the finder's calibration runs it: the schedule's peak rate within budget_steps
+        train = task.probe_batches(budget, cfg.seed)
+        val = task.probe_batches(4, cfg.seed + 1)
+        try:
+            res = find_lr(model, lambda p, lr: torch.optim.Adam(p, lr=lr), task.loss_fn, train, val,
+                          schedule=spec.schedule, total_steps=cfg.steps, budget_steps=budget,
+                          progress=False)
+        except NoViableRateError as exc:
+            spent = int(exc.result.steps_spent) if getattr(exc, "result", None) is not None else budget
+            return 1e-3, spent, f"every trial diverged ({spent} steps); trained at Adam's 1e-3"
         spent = int(res.steps_spent)
-        note = "" if full else (
-            f"search shrunk to fit {budget} steps (10% of {cfg.steps}): {plan['steps']} steps per trial, "
-            f"range {plan['lr_range'][0]:g}-{plan['lr_range'][1]:g}, {plan['max_rounds']} refinement "
-            f"rounds; spent {spent}")
-        return float(res.lr), spent, note
+        if spent > budget:
+            return float(res.lr), spent, f"search overran its budget: {spent} > {budget} steps"
+        return float(res.lr), spent, f"search limited to find_lr(budget_steps={budget}), 10% of {cfg.steps} steps"
     if kind == "torch_lr_finder":
         from torch_lr_finder import LRFinder
 
