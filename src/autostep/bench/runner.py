@@ -174,15 +174,14 @@ def _select_lr(spec, task: Task, cfg: RunConfig) -> tuple[float, int, str]:
         val = task.probe_batches(4, cfg.seed + 1)
         try:
             res = find_lr(model, lambda p, lr: torch.optim.Adam(p, lr=lr), task.loss_fn, train, val,
-                          schedule=spec.schedule, total_steps=cfg.steps, budget_steps=budget,
-                          progress=False)
+                          schedule=spec.schedule, total_steps=cfg.steps, budget=budget, progress=False)
         except NoViableRateError as exc:
             spent = int(exc.result.steps_spent) if getattr(exc, "result", None) is not None else budget
             return 1e-3, spent, f"every trial diverged ({spent} steps); trained at Adam's 1e-3"
         spent = int(res.steps_spent)
         if spent > budget:
             return float(res.lr), spent, f"search overran its budget: {spent} > {budget} steps"
-        return float(res.lr), spent, f"search limited to find_lr(budget_steps={budget}), 10% of {cfg.steps} steps"
+        return float(res.lr), spent, f"search limited to find_lr(budget={budget}), 10% of {cfg.steps} steps"
     if kind == "torch_lr_finder":
         from torch_lr_finder import LRFinder
 
