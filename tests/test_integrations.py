@@ -148,3 +148,108 @@ def test_hf_trainer_pal():
     ex = example("hf_trainer")
     trainer, opt = ex.main("gpt2", PARABOLIC, steps=3, accumulate=1)
     assert opt.steps == 3 and opt.backwards == 0
+
+
+# ---------------------------------------------------------------------- Autostep (no closure needed)
+def _autostep_for(model, batches, total, **kw):
+    return autostep.Autostep(model.parameters(), total_steps=total, model=model,
+                             loss_fn=lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]),
+                             probe_data=batches[:2], **kw)
+
+
+def _regression(seed=0, n=6):
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 1))
+    w = torch.randn(8, 1, generator=g)
+    batches = []
+    for _ in range(n):
+        x = torch.randn(32, 8, generator=g)
+        batches.append((x, x @ w))
+    return model, batches
+
+
+def test_autostep_compiled_model_fp16_scaler_and_clipping():
+    from torch._dynamo.testing import CompileCounter
+
+    model, batches = _regression()
+    torch._dynamo.reset()
+    cnt = CompileCounter()
+    cmodel = torch.compile(model, backend=cnt)
+    opt = autostep.Autostep(model.parameters(), total_steps=12, model=cmodel,
+                            loss_fn=lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]),
+                            probe_data=batches[:2])
+    scaler = torch.amp.GradScaler("cpu")
+    for t in range(12):
+        x, y = batches[t % len(batches)]
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = nn.functional.mse_loss(cmodel(x), y)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad()
+    assert cnt.frame_count <= 2
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    torch._dynamo.reset()
+
+
+def test_autostep_accelerate_accumulate():
+    from accelerate import Accelerator
+
+    model, batches = _regression()
+    opt = _autostep_for(model, batches, total=3)
+    accelerator = Accelerator(gradient_accumulation_steps=2, cpu=True)
+    model_p, aopt = accelerator.prepare(model, opt)
+    for x, y in batches:
+        with accelerator.accumulate(model_p):
+            accelerator.backward(nn.functional.mse_loss(model_p(x), y))
+            aopt.step()
+            aopt.zero_grad()
+    assert opt.param_groups[0]["applied_lr"] >= 0
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_autostep_lightning_and_hf_trainer():
+    ex = example("lightning_automatic")
+    import lightning as L
+
+    torch.manual_seed(0)
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+
+        def training_step(self, batch, batch_idx):
+            return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return autostep.Autostep(self.parameters(), total_steps=4, probe="closure")
+
+    module = Module()
+    loader = torch.utils.data.DataLoader(ex.make_data(), batch_size=32)
+    trainer = L.Trainer(max_steps=4, gradient_clip_val=1.0, accumulate_grad_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", devices=1)
+    trainer.fit(module, loader)
+    assert trainer.global_step == 4
+
+    hf_ex = example("hf_trainer")
+    from transformers import Trainer, TrainingArguments
+    import tempfile
+
+    torch.manual_seed(0)
+    model = hf_ex.tiny_gpt2()
+    ds = hf_ex.dataset("gpt2")
+    probe = [{k: torch.stack([d[k] for d in ds[:8]]) for k in ds[0]}]
+    opt = autostep.Autostep(model.parameters(), total_steps=4, model=model,
+                            loss_fn=lambda m, b: m(**b).loss, probe_data=probe)
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, max_steps=4, per_device_train_batch_size=8,
+                                 gradient_accumulation_steps=2, report_to=[], save_strategy="no",
+                                 logging_strategy="no", use_cpu=True, disable_tqdm=True)
+        Trainer(model=model, args=args, train_dataset=ds, optimizers=(opt, None)).train()  # no adapter
+    assert all(torch.isfinite(p).all() for p in model.parameters())
