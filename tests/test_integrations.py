@@ -104,9 +104,10 @@ def test_accelerate_accumulate_uses_every_micro_batch():
         assert torch.allclose(p.detach(), w0 - eta * gr, atol=1e-6)
 
 
-def test_accelerate_example_runs():
+@pytest.mark.parametrize("method", [ARMIJO, PARABOLIC])
+def test_accelerate_example_runs(method):
     ex = example("accelerate_accumulate")
-    model, opt, losses = ex.main(ARMIJO, batches=8)
+    model, opt, losses = ex.main(method, batches=8)
     assert opt.steps == 4 and all(math.isfinite(v) for v in losses)
 
 
@@ -253,3 +254,27 @@ def test_autostep_lightning_and_hf_trainer():
                                  logging_strategy="no", use_cpu=True, disable_tqdm=True)
         Trainer(model=model, args=args, train_dataset=ds, optimizers=(opt, None)).train()  # no adapter
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------- find_lr
+@pytest.mark.slow
+def test_find_lr_on_a_hf_model_and_a_compiled_model():
+    from autostep.finder import search as F
+
+    hf_ex = example("hf_trainer")
+    torch.manual_seed(0)
+    model = hf_ex.tiny_gpt2()
+    ds = hf_ex.dataset("gpt2")
+    batches = [{k: torch.stack([d[k] for d in ds[i:i + 8]]) for k in ds[0]} for i in range(0, 32, 8)]
+    r = F.find_lr(model, lambda ps, lr: torch.optim.AdamW(ps, lr=lr), lambda m, b: m(**b).loss,
+                  batches, batches[:1], steps=3, lr_range=(1e-4, 1e-1), tol=0.5, progress=False)
+    assert 1e-4 <= r.lr <= 1e-1
+
+    model, batches = _regression()
+    torch._dynamo.reset()
+    cmodel = torch.compile(model, backend="eager")
+    r = F.find_lr(cmodel, lambda ps, lr: torch.optim.SGD(ps, lr=lr),
+                  lambda m, b: nn.functional.mse_loss(m(b[0]), b[1]), batches, batches[:1],
+                  steps=3, lr_range=(1e-4, 1e-1), tol=0.5, progress=False)
+    assert 1e-4 <= r.lr <= 1e-1
+    torch._dynamo.reset()
