@@ -72,6 +72,11 @@ class Rates:
         if any(self.multiplier(og, g) != self.used[g] for g, og in enumerate(own_groups)):
             self.apply(inner_groups, own_groups)
 
+    def restore(self, inner_groups: list) -> None:
+        """Write the last applied rates back into the wrapped groups (after a failed step)."""
+        for ig, v in zip(inner_groups, self.applied):
+            _write(ig, v)
+
     def write_unit(self, inner_groups: list) -> None:
         """Unit rates (``1.0 * ratio_g``, no multiplier): the direction per unit of ``eta``."""
         for g, ig in enumerate(inner_groups):

@@ -94,6 +94,10 @@ class ExploreExploit:
         return EXPLORE if self.t < self.options.explore_steps else EXPLOIT
 
     # ------------------------------------------------------------------ one step
+    def busy(self) -> bool:
+        """Whether :meth:`begin_step` has work to do at this step (the first step, or a check)."""
+        return self.rate_sb is None or (self.t > 0 and self.t % self.options.recompute_every == 0)
+
     def begin_step(self) -> bool:
         """Run what is due before this step's update; True when the update must be skipped
         (a rollback happened: the gradient belongs to the abandoned point)."""

@@ -14,7 +14,7 @@ top-level ``"autolr"`` key) and a plain optimizer state dict.
 from __future__ import annotations
 
 import copy
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -61,13 +61,13 @@ def split_state(state_dict: dict, n_groups: int) -> tuple[dict, Optional[list], 
     return inner, None, state_dict.get("autolr")
 
 
-def is_init_call(own_groups: list, params: list) -> bool:
+def is_init_call(own_groups: list, params: Callable[[], list]) -> bool:
     """Whether a ``step()`` without closure is torch's ``_init_optim_state``: the distributed
     checkpoint helpers set every group's ``lr`` to 0 and every gradient to zeros, then step to make
-    a fresh optimizer's state."""
+    a fresh optimizer's state.  ``params()`` lists the optimized parameters."""
     if any(float(g["lr"]) != 0.0 for g in own_groups):
         return False
-    params = [p for p in params if p.requires_grad]
+    params = [p for p in params() if p.requires_grad]
     return bool(params) and all(p.grad is not None and not p.grad.any() for p in params)
 
 

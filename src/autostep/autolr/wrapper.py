@@ -311,22 +311,24 @@ class AutoLR(torch.optim.Optimizer):
         An exception out of the step (from ``loss_fn``, ``probe_data`` or the wrapped optimizer)
         leaves AutoLR's state as it was, so the step can be retried.
         """
-        if closure is None and is_init_call(self.param_groups, self._params()):
+        if closure is None and is_init_call(self.param_groups, self._params):
             init_state(self.optimizer)   # torch's checkpoint helpers creating a fresh state
             return None
         inner, own = self.optimizer.param_groups, self.param_groups
         self._rates.check(inner)
         loss = None if closure is None else run_closure(closure, self.optimizer, self._params())
-        cp, rates = self._schedule.checkpoint(), self._rates.state_dict()
+        busy = self._schedule.busy()   # checks and estimates run at this step
+        cp, rates = self._schedule.checkpoint() if busy else None, self._rates.state_dict()
         try:
-            skip = self._schedule.begin_step()
+            skip = self._schedule.begin_step() if busy else False
             if not skip:
                 self._rates.refresh(inner, own)
                 self.optimizer.step()
         except BaseException:
-            self._schedule.restore(cp)
+            if cp is not None:
+                self._schedule.restore(cp)
             self._rates.load_state_dict(rates)
-            self._rates.apply(self.optimizer.param_groups, own)
+            self._rates.restore(self.optimizer.param_groups)
             raise
         self._schedule.end_step(updated=not skip)
         return loss
