@@ -1,7 +1,8 @@
 """Summarise ``autostep bench`` output folders into the Autostep design table.
 
 For every method and problem: median final train loss as a multiple of grid-tuned Adam-cosine's
-(same seeds), test-metric difference in points (char_gpt: test-loss ratio), divergences, and forwards
+(same seeds), test-metric difference in points (char_gpt: test-loss ratio, ×), the worst train-loss ratio
+over the five real-data problems, divergences, and forwards
 per step.  Usage::
 
     python benchmarks/autostep_designs.py OUT_DIR [OUT_DIR ...] [--methods A B ...]
@@ -38,7 +39,7 @@ def table(runs, methods=None):
         by[(r["problem"], r["method"])][r["seed"]] = r
     problems = sorted({p for p, _ in by}, key=lambda p: (p not in REAL, p))
     methods = methods or sorted({m for _, m in by})
-    lines = ["| method | " + " | ".join(problems) + " | real-data geo-mean |",
+    lines = ["| method | " + " | ".join(problems) + " | worst real-data ratio |",
              "|---|" + "---|" * (len(problems) + 1)]
     for m in methods:
         cells, logs = [], []
@@ -55,8 +56,8 @@ def table(runs, methods=None):
                     div += 1
                     continue
                 ratios.append(b["train_loss"] / a["train_loss"] if a["train_loss"] > 0 else math.nan)
-                if p == "char_gpt":
-                    diffs.append(b["val_loss"] / a["val_loss"])
+                if not b.get("higher_is_better", True):  # char_gpt: test loss, as a ratio
+                    diffs.append(b["test_metric"] / a["test_metric"])
                 else:
                     diffs.append(100 * (b["test_metric"] - a["test_metric"]))
             if not ratios:
@@ -64,12 +65,12 @@ def table(runs, methods=None):
                 continue
             r, d = statistics.median(ratios), statistics.median(diffs)
             if p in REAL:
-                logs.append(math.log(r))
-            extra = f" / ×{d:.3f} val" if p == "char_gpt" else f" / {d:+.1f}"
+                logs.append(r)
+            extra = f" / ×{d:.3f}" if not mine[seeds[0]].get("higher_is_better", True) else f" / {d:+.1f}"
             if p in ("quadratic", "matfac", "matfac_k4"):
                 extra = ""
             cells.append(f"{r:.2f}{extra}" + (f" ({div} div)" if div else ""))
-        geo = f"{math.exp(sum(logs) / len(logs)):.3f}" if logs else "–"
+        geo = f"{max(logs):.2f}" if logs else "–"
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {geo} |")
     return "\n".join(lines)
 

@@ -304,3 +304,30 @@ def test_decay_shapes_reach_zero_at_total_steps(decay, mid):
     assert opt._scheduled(60) == pytest.approx(2.0 * mid)
     assert opt._scheduled(110) == pytest.approx(0.0, abs=1e-12)
     assert opt._scheduled(35) == pytest.approx(1.5 if decay == "linear" else 1.0 + math.cos(math.pi / 4))
+
+
+def test_a_decaying_scheduler_on_top_of_the_own_decay_warns_once():
+    model, batches, _ = _problem()
+    opt = _make(model, batches, total_steps=40)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0 - t / 50)
+    with pytest.warns(UserWarning, match="multiply") as rec:
+        for t in range(6):
+            opt.zero_grad()
+            _loss(model, batches[t % 6]).backward()
+            opt.step()
+            sched.step()
+    assert sum("multiply" in str(w.message) for w in rec) == 1
+
+
+def test_a_constant_scheduler_does_not_warn():
+    import warnings as w
+    model, batches, _ = _problem()
+    opt = _make(model, batches, total_steps=40)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 1.0)
+    with w.catch_warnings():
+        w.simplefilter("error")
+        for t in range(6):
+            opt.zero_grad()
+            _loss(model, batches[t % 6]).backward()
+            opt.step()
+            sched.step()

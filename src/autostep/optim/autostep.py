@@ -197,6 +197,7 @@ class Autostep(torch.optim.Optimizer):
             for key, value in run.items():
                 g.setdefault(key, value)
         self._reducer = Reducer()
+        self._warned_schedule = False
 
     # ------------------------------------------------------------------ run-level state helpers
     def _get(self, key):
@@ -301,6 +302,15 @@ class Autostep(torch.optim.Optimizer):
                                  f"{g['lr']!r}; a scheduler or load_state_dict set it to a value that is "
                                  "not a finite number >= 0")
 
+        if self._get("total_steps") is not None and not self._warned_schedule:
+            if any(g.get("lr_seen", g["lr"]) != g["lr"] for g in self.param_groups):
+                self._warned_schedule = True
+                warnings.warn("Autostep: a scheduler is changing lr while Autostep decays its found rate to "
+                              "total_steps itself; the two multiply. Use a constant schedule (HF: "
+                              "lr_scheduler_type='constant'), or total_steps=None to let the scheduler "
+                              "shape the run", stacklevel=2)
+            for g in self.param_groups:
+                g["lr_seen"] = g["lr"]
         if not self.state and all(g["lr"] == 0 for g in self.param_groups):
             # torch.distributed.checkpoint's _init_optim_state: lr 0 on a fresh optimizer creates the
             # state tensors without taking a step
