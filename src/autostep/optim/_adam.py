@@ -39,7 +39,7 @@ class AdamMoments:
     """
 
     __slots__ = ("state", "params", "grads", "b1", "b2", "eps", "ms", "vs", "steps", "fresh",
-                 "bc1")
+                 "bc1", "committed")
 
     def __init__(self, state, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                  betas: tuple[float, float], eps: float):
@@ -60,22 +60,29 @@ class AdamMoments:
                 self.steps.append(1)
                 self.fresh.append(True)
         self.bc1 = [1.0 - self.b1 ** k for k in self.steps]
+        self.committed = False
 
     @torch.no_grad()
     def denom(self) -> list:
         """A fresh list ``sqrt(v_k / (1 - beta2^k)) + eps`` (torch.optim.Adam's, bitwise)."""
         if not self.params:
             return []
-        d = torch._foreach_mul(self.vs, self.b2)
-        torch._foreach_addcmul_(d, self.grads, self.grads, value=1.0 - self.b2)
-        torch._foreach_sqrt_(d)
+        if self.committed:  # v_k is in the state already: two passes fewer
+            d = torch._foreach_sqrt(self.vs)
+        else:
+            d = torch._foreach_mul(self.vs, self.b2)
+            torch._foreach_addcmul_(d, self.grads, self.grads, value=1.0 - self.b2)
+            torch._foreach_sqrt_(d)
         torch._foreach_div_(d, scalar_or_list([math.sqrt(1.0 - self.b2 ** k) for k in self.steps]))
         torch._foreach_add_(d, self.eps)
         return list(d)
 
     @torch.no_grad()
     def m_new(self, out: Sequence[torch.Tensor] | None = None) -> list:
-        """``m_k`` in ``out`` (a scratch list shaped like the params) or in a fresh list."""
+        """``m_k`` in ``out`` (a scratch list shaped like the params) or in a fresh list (after
+        :meth:`commit`: the state's own ``m_k``)."""
+        if self.committed:
+            return list(self.ms)
         if out is None:
             return list(torch._foreach_lerp(self.ms, self.grads, 1.0 - self.b1))
         out = list(out)
@@ -85,9 +92,14 @@ class AdamMoments:
 
     @torch.no_grad()
     def commit(self) -> None:
-        """Write ``m_k``, ``v_k`` and the step counts into the state (same ops as provisional)."""
-        if not self.params:
+        """Write ``m_k``, ``v_k`` and the step counts into the state (same ops as provisional).
+
+        Once only: a step that cannot fail any more (the amortised mode's reused steps) commits
+        first and computes its directions from the state, saving the provisional passes."""
+        if not self.params or self.committed:
+            self.committed = True
             return
+        self.committed = True
         torch._foreach_lerp_(self.ms, self.grads, 1.0 - self.b1)
         torch._foreach_mul_(self.vs, self.b2)
         torch._foreach_addcmul_(self.vs, self.grads, self.grads, value=1.0 - self.b2)

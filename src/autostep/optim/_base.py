@@ -353,16 +353,19 @@ class ArmijoOptimizer(AutostepOptimizer):
             if not reuse and any(sg.params for sg in segs):
                 # the buffer for w0, lent to the plan as scratch until it is saved
                 line = Line([sg.params for sg in segs], [None] * len(segs), save=False)
-            # a step that reuses the step size needs no decrease terms (no search, no EMA update)
-            plan = self._plan(segs, need_s=not reuse, line=line)
-            if plan.s is not None and ev.slope_grads is not None:
+            # a step that reuses the step size needs no decrease terms (no search, no EMA update):
+            # its plan is made after the read, from moments committed first (fewer passes)
+            plan = None if reuse else self._plan(segs, need_s=True, line=line)
+            if plan is None:
+                pass
+            elif plan.s is not None and ev.slope_grads is not None:
                 plan.s = _slopes(ev, segs, plan.search)
             elif plan.s is not None and clip < 1.0:
                 # the Armijo slope is <g, d> with the unclipped g = g_clipped / clip
                 plan.s = plan.s / clip
             # the one host read before the trials: start loss and decrease terms together (and,
             # when no decrease term is computed, the gradients' finiteness)
-            extra = plan.s if plan.s is not None else V.tensor_list_finite(
+            extra = plan.s if plan is not None and plan.s is not None else V.tensor_list_finite(
                 [g for sg in segs for g in sg.grads]).reshape(1)
             try:
                 s = ev.read_start(extra)
@@ -373,6 +376,12 @@ class ArmijoOptimizer(AutostepOptimizer):
             if not all(math.isfinite(si) for si in s) and not self._grads_finite(ev):
                 # an inf/NaN gradient (GradScaler overflow): skip before any state changes
                 return self._skip(ev, "gradient", loss, undo)
+            if plan is None:
+                self._commit_now = True
+                try:
+                    plan = self._plan(segs, need_s=False, line=None)
+                finally:
+                    self._commit_now = False
             if plan.s is None:
                 s = []
             ls["step"] += 1

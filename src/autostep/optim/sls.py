@@ -147,6 +147,8 @@ class _AdamDirection:
             g = segs[idx[0]].group
             mo = AdamMoments(self.state, [p for j in idx for p in segs[j].params],
                              [t for j in idx for t in segs[j].grads], tuple(g["betas"]), g["eps"])
+            if getattr(self, "_commit_now", False):
+                mo.commit()
             d = mo.denom()
             pos = 0
             for j in idx:
