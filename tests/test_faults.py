@@ -535,6 +535,31 @@ def _two_groups(sd):
     return sd
 
 
+def _bad_layer_lr(sd):
+    g = sd["param_groups"][0]
+    if not g.get("layer_lrs"):
+        return None
+    g["layer_lrs"] = [math.nan] + list(g["layer_lrs"][1:])
+    return sd
+
+
+def _bad_layers(sd):
+    g = sd["param_groups"][0]
+    if not g.get("layers"):
+        return None
+    g["layers"] = [list(idx) for idx in g["layers"]]
+    g["layers"][0] = g["layers"][0] + [99]
+    return sd
+
+
+def _nan_step_size(sd):
+    g = sd["param_groups"][0]
+    if "step_size" not in g or "c" not in g:
+        return None
+    g["step_size"] = math.nan
+    return sd
+
+
 def _no_key(key):
     def f(sd):
         del sd[key]
@@ -562,6 +587,9 @@ BAD_LOADS = {
     "no 'state' entry": (_no_key("state"), "'state'"),
     "no 'param_groups' entry": (_no_key("param_groups"), "'param_groups'"),
     "not a dict": (lambda sd, name: [1, 2, 3], "dict"),
+    "PLASLS layer step size NaN": (_bad_layer_lr, "layer_lrs"),
+    "PLASLS layers naming a parameter the group lacks": (_bad_layers, "layers"),
+    "Armijo step_size NaN": (_nan_step_size, "step_size"),
 }
 fault(*BAD_LOADS)
 
@@ -593,7 +621,7 @@ def test_load_state_dict_refuses_and_changes_nothing(name, case):
         else:
             bad = corrupt(sd)
     if bad is None:
-        pytest.skip("no per-parameter state tensor to corrupt")
+        pytest.skip("nothing of that kind in this optimizer's state dict")
     before = snapshot(model, opt)
     with pytest.raises(ValueError, match=pattern) as info:
         opt.load_state_dict(bad)
