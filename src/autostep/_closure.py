@@ -53,7 +53,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch.nn.modules.module import register_module_forward_pre_hook
 
-from .distributed import Reducer
+from .distributed import Reducer, local
 
 __all__ = [
     "ClosureError",
@@ -359,6 +359,30 @@ def _same_grads(a: list, b: list) -> bool:
     return len(a) == len(b) and all(ga is gb and va == vb for (ga, va), (gb, vb) in zip(a, b))
 
 
+def _replaced(now, before, version) -> bool:
+    """True if ``.grad`` is not the tensor it was (``before``, at ``version``): a new gradient.
+
+    A different *object* holding the same values is the same gradient: FSDP1 with
+    ``use_orig_params=True`` replaces every ``.grad`` on each forward by a view of its flat
+    gradient (a view of the same memory, or of a fresh copy when the flat gradient was rebuilt from
+    the ``.grad`` fields), without changing it.  The same memory at the same version is checked
+    first; otherwise the values are compared (one pass, only for replaced objects).  A closure's
+    own ``backward()`` is recorded separately, so this only has to tell copies from new values."""
+    if now is None or now is before:
+        return False
+    if before is None:
+        return True
+    a, b = local(now), local(before)
+    if a.is_sparse or b.is_sparse or a.layout != torch.strided or b.layout != torch.strided:
+        return True
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+        return True
+    if a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and a._version == version:
+        return False
+    with torch.no_grad():
+        return not torch.equal(a, b)
+
+
 def _check_loss(value, where: str) -> torch.Tensor:
     if not isinstance(value, torch.Tensor):
         hint = ""
@@ -506,9 +530,10 @@ class ClosureEvaluator:
                 with torch.set_grad_enabled(with_grad), _recording(rec):
                     loss = self.closure()
             loss = _check_loss(loss, "at the start point")
+            if self.reducer.active:  # FSDP1's shard groups, and whether anything is sharded
+                self.reducer.observe(self.buffers.modules(), self.params)
             if with_grad:
-                changed = any(p.grad is not None and p.grad is not g for p, (g, _) in
-                              zip(self.params, before))
+                changed = any(_replaced(p.grad, g, v) for p, (g, v) in zip(self.params, before))
                 self.torch_style = rec.calls > 0 or changed
             else:
                 self.torch_style = rec.calls > 0 and not self.force_given
@@ -673,6 +698,7 @@ class ClosureEvaluator:
         approximation phase.
         """
         loss = self._start(with_grad=False)
+        self.reducer.release_unsharded()  # FSDP1: the trials gather the moved shards
         self._undo = None
         self._after_start()
         return loss.detach()
@@ -706,6 +732,7 @@ class ClosureEvaluator:
             for p, g in zip(self.params, self._grads):
                 p.grad = g
             self.buffers.restore()
+            self.reducer.release_unsharded()  # FSDP1: the next forward gathers the moved shards
         out = _check_loss(out, "at a trial point")
         self.forwards += 1
         value = self.reducer.mean([out.detach().item()], self.device)[0]

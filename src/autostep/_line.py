@@ -16,6 +16,11 @@ per parameter; before :meth:`save` that buffer is free, and the optimizers use i
 their inner products (:attr:`scratch`, :meth:`scratch_sums`), so a step needs no other temporary.
 Parameters of other kinds (``DTensor``, mixed dtypes or devices) get one buffer per tensor; the
 results are the same, only the summation of :meth:`scratch_sums` is per tensor.
+
+DTensor parameters (FSDP2, tensor parallel) are moved through their local shards
+(:func:`autostep.distributed.locals_`): every op here is pointwise, so each rank updates its own
+shard with the same fused foreach kernels (DTensor has no sharding rule for ``_foreach_copy_``);
+the scratch buffer is then one flat local buffer too.  Plain tensors pass through unchanged.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import torch
+
+from .distributed import locals_
 
 Direction = Union[Sequence[torch.Tensor], tuple]
 
@@ -57,7 +64,7 @@ def axpy_(params: Sequence[torch.Tensor], d: Direction, s) -> None:
     """In place ``params -= s * d`` (``d`` a tensor list or a ``(num, den)`` pair, ``s`` a float or
     one float per tensor).  Used both for trial points (after copying ``w0``) and for direct steps,
     so a point reached either way is bitwise the same."""
-    params = list(params)
+    params = locals_(params)  # DTensors: their local shards (every op here is pointwise)
     if not params:
         return
     per_tensor = isinstance(s, (list, tuple))
@@ -66,15 +73,15 @@ def axpy_(params: Sequence[torch.Tensor], d: Direction, s) -> None:
     if not per_tensor and s == 0:
         return
     if isinstance(d, tuple):
-        num, den = d
+        num, den = locals_(d[0]), locals_(d[1])
         if per_tensor:
-            torch._foreach_addcdiv_(params, list(num), list(den), [-float(x) for x in s])
+            torch._foreach_addcdiv_(params, num, den, [-float(x) for x in s])
         else:
-            torch._foreach_addcdiv_(params, list(num), list(den), value=-float(s))
+            torch._foreach_addcdiv_(params, num, den, value=-float(s))
     elif per_tensor:
-        torch._foreach_add_(params, torch._foreach_mul(list(d), [-float(x) for x in s]))
+        torch._foreach_add_(params, torch._foreach_mul(locals_(d), [-float(x) for x in s]))
     else:
-        torch._foreach_add_(params, list(d), alpha=-float(s))
+        torch._foreach_add_(params, locals_(d), alpha=-float(s))
 
 
 class Line:
@@ -95,7 +102,7 @@ class Line:
                  save: bool = True):
         if len(params) != len(dirs):
             raise ValueError("one direction per segment is needed")
-        self.params = [list(ps) for ps in params]
+        self.params = [locals_(ps) for ps in params]  # DTensors: their local shards (aliases)
         self.dirs = list(dirs)
         self._all = [p for ps in self.params for p in ps]
         self._sizes = [len(ps) for ps in self.params]

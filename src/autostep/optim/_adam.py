@@ -7,6 +7,8 @@ from typing import Sequence
 
 import torch
 
+from ..distributed import locals_
+
 __all__ = ["AdamMoments", "adam_moments", "init_adam_state", "dots", "sq_norms", "sq_norm_float", "dot_float", "all_zero", "scalar_or_list"]
 
 
@@ -39,7 +41,7 @@ class AdamMoments:
     """
 
     __slots__ = ("state", "params", "grads", "b1", "b2", "eps", "ms", "vs", "steps", "fresh",
-                 "bc1", "committed")
+                 "bc1", "committed", "m_state", "v_state")
 
     def __init__(self, state, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                  betas: tuple[float, float], eps: float):
@@ -61,6 +63,9 @@ class AdamMoments:
                 self.fresh.append(True)
         self.bc1 = [1.0 - self.b1 ** k for k in self.steps]
         self.committed = False
+        # the tensors kept in ``state`` (DTensors under FSDP2); the math runs on their local shards
+        self.m_state, self.v_state = self.ms, self.vs
+        self.ms, self.vs, self.grads = locals_(self.ms), locals_(self.vs), locals_(self.grads)
 
     @torch.no_grad()
     def denom(self) -> list:
@@ -103,7 +108,7 @@ class AdamMoments:
         torch._foreach_lerp_(self.ms, self.grads, 1.0 - self.b1)
         torch._foreach_mul_(self.vs, self.b2)
         torch._foreach_addcmul_(self.vs, self.grads, self.grads, value=1.0 - self.b2)
-        for p, m, v, k, fresh in zip(self.params, self.ms, self.vs, self.steps, self.fresh):
+        for p, m, v, k, fresh in zip(self.params, self.m_state, self.v_state, self.steps, self.fresh):
             if fresh:
                 self.state[p] = {"step": k, "exp_avg": m, "exp_avg_sq": v}
             else:
@@ -131,7 +136,7 @@ def adam_moments(state, params: Sequence[torch.Tensor], grads: Sequence[torch.Te
         bc2s.append(math.sqrt(1.0 - b2 ** k))
     if not params:
         return ms, vs, [], bc1
-    grads = list(grads)
+    ms, vs, grads = locals_(ms), locals_(vs), locals_(grads)  # DTensors: shard by shard
     torch._foreach_lerp_(ms, grads, 1.0 - b1)
     torch._foreach_mul_(vs, b2)
     torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
@@ -141,50 +146,67 @@ def adam_moments(state, params: Sequence[torch.Tensor], grads: Sequence[torch.Te
     return ms, vs, list(denom), bc1
 
 
+def _weighted(parts: list, weights: Sequence[float] | None) -> torch.Tensor:
+    t = torch.stack([p.double() for p in parts])
+    if weights is not None:
+        t = t * torch.tensor(list(weights), dtype=torch.float64, device=t.device)
+    return t.sum()
+
+
 def dots(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor],
-         dens: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-    """``sum_i <x_i, y_i / den_i>`` as a 0-d float64 tensor (no full-size temporaries kept)."""
+         dens: Sequence[torch.Tensor] | None = None,
+         weights: Sequence[float] | None = None) -> torch.Tensor:
+    """``sum_i w_i <x_i, y_i / den_i>`` as a 0-d float64 tensor (no full-size temporaries kept).
+
+    On the local shards of DTensors; ``weights`` (``Reducer.weights``, default 1) turn the local sum
+    into the share of the global one that the rank average expects."""
     if not xs:
         return torch.zeros((), dtype=torch.float64)
+    xs, ys = locals_(xs), locals_(ys)
+    dens = None if dens is None else locals_(dens)
     if dens is None:
         parts = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(xs, ys)]
     else:
         parts = [torch.dot(x.reshape(-1), torch.div(y, d).reshape(-1)) for x, y, d in zip(xs, ys, dens)]
-    return torch.stack([p.double() for p in parts]).sum()
+    return _weighted(parts, weights)
 
 
-def sq_norms(xs: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``sum_i ||x_i||^2`` as a 0-d float64 tensor."""
+def sq_norms(xs: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
+    """``sum_i w_i ||x_i||^2`` as a 0-d float64 tensor (local shards, weights as :func:`dots`)."""
     if not xs:
         return torch.zeros((), dtype=torch.float64)
-    norms = torch._foreach_norm(list(xs))
-    return torch.stack([n.double() for n in norms]).pow(2).sum()
+    norms = torch._foreach_norm(locals_(xs))
+    if weights is None:
+        return torch.stack([n.double() for n in norms]).pow(2).sum()
+    return _weighted([n.double().pow(2) for n in norms], weights)
 
 
-def sq_norm_float(xs: Sequence[torch.Tensor]) -> float:
+def sq_norm_float(xs: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> float:
     """``sum_i ||x_i||^2`` as a float that neither overflows nor underflows on float32 inputs.
 
     The float32 norms are used when they are representable; a result of 0 or inf (squares beyond
     float32 range, |x| above ~1e19 or below ~1e-19) is recomputed in float64 (rare: extreme loss
-    scales).  NaN stays NaN."""
-    xs = list(xs)
-    v = float(sq_norms(xs))
+    scales).  NaN stays NaN.  Local shards and ``weights`` as :func:`dots`."""
+    xs = locals_(xs)
+    v = float(sq_norms(xs, weights))
     if xs and (v == 0.0 or math.isinf(v)):
         n64 = torch._foreach_norm(xs, 2, dtype=torch.float64)
-        v = float(torch.stack([n.to(n64[0].device) for n in n64]).pow(2).sum())
+        v = float(_weighted([n.to(n64[0].device).pow(2) for n in n64], weights))
     return v
 
 
-def dot_float(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> float:
+def dot_float(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor],
+              weights: Sequence[float] | None = None) -> float:
     """``sum_i <x_i, y_i>`` as a float, recomputed in float64 when float32 over- or underflows
     (an overflow of terms of both signs gives NaN, so a NaN is recomputed too)."""
-    xs, ys = list(xs), list(ys)
-    v = float(dots(xs, ys))
+    xs, ys = locals_(xs), locals_(ys)
+    v = float(dots(xs, ys, weights=weights))
     if xs and (v == 0.0 or not math.isfinite(v)):
-        v = float(sum(torch.dot(x.reshape(-1).double(), y.reshape(-1).double()).item()
-                      for x, y in zip(xs, ys)))
+        v = float(_weighted([torch.dot(x.reshape(-1).double(), y.reshape(-1).double())
+                             for x, y in zip(xs, ys)], weights))
     return v
 
 
 def all_zero(xs: Sequence[torch.Tensor]) -> bool:
-    return all(not bool(x.any()) for x in xs)
+    """True if every element is zero on this process (``Reducer.any_nonzero`` asks every rank)."""
+    return all(not bool(x.any()) for x in locals_(xs))

@@ -26,6 +26,7 @@ import torch
 
 from .._closure import ClosureEvaluator, NonFiniteLossError, unscale_grads
 from .._line import Line, axpy_
+from ..distributed import locals_
 from . import _functional as F
 from . import _validate as V
 from ._adam import all_zero, dots
@@ -77,11 +78,14 @@ class Plan:
             mo.commit()
 
 
-def decrease_terms(line: Optional[Line], xs: list, ys: list, dens: Optional[list] = None):
+def decrease_terms(line: Optional[Line], xs: list, ys: list, dens: Optional[list] = None,
+                   weights: Optional[list] = None):
     """Per segment ``sum <x, y / den>`` (``den`` optional) as a 1-d tensor on the device.
 
     ``xs``, ``ys``, ``dens`` hold one tensor list per segment; the line's ``w0`` buffer (not yet
-    saved) is the scratch, so no temporary is allocated.
+    saved) is the scratch, so no temporary is allocated.  DTensors enter through their local
+    shards; ``weights`` (``Reducer.weights`` of the segments' parameters, one flat list; ``None``
+    for all 1) scale each tensor's term so that the rank average of the sums is the global sum.
 
     On accelerators: one foreach pass per operation over all segments (copy, divide, multiply)
     and one flat sum per segment -- a handful of kernel launches whatever the number of tensors.
@@ -91,14 +95,20 @@ def decrease_terms(line: Optional[Line], xs: list, ys: list, dens: Optional[list
     if line is None:
         return None
     buf = line.scratch
+    xs = [locals_(seg) for seg in xs]
+    ys = [locals_(seg) for seg in ys]
+    dens = None if dens is None else [locals_(seg) for seg in dens]
     if _on_cpu(buf):
-        sums = []
+        sums, k = [], 0
         for bs, xseg, yseg, dseg in zip(buf, xs, ys, dens if dens is not None else [None] * len(buf)):
             parts = []
             for j, (b, x, y) in enumerate(zip(bs, xseg, yseg)):
                 if dseg is not None:
                     y = torch.div(y, dseg[j], out=b)
                 parts.append(torch.vdot(x.reshape(-1), y.reshape(-1)))
+            if parts and weights is not None:
+                parts = [t * weights[k + j] for j, t in enumerate(parts)]
+            k += len(parts)
             sums.append(torch.stack(parts).sum() if parts else torch.zeros((), dtype=line.dtype))
         return torch.stack(sums)
     flat = [t for seg in buf for t in seg]
@@ -107,6 +117,8 @@ def decrease_terms(line: Optional[Line], xs: list, ys: list, dens: Optional[list
         if dens is not None:
             torch._foreach_div_(flat, [t for seg in dens for t in seg])
         torch._foreach_mul_(flat, [t for seg in xs for t in seg])
+        if weights is not None:
+            torch._foreach_mul_(flat, list(weights))
     return line.scratch_sums()
 
 
@@ -114,7 +126,7 @@ def _on_cpu(buf: list) -> bool:
     return all(t.device.type == "cpu" for seg in buf for t in seg)
 
 
-def _slopes(ev: ClosureEvaluator, segs: list, dirs: list) -> torch.Tensor:
+def _slopes(ev: ClosureEvaluator, segs: list, dirs: list, reducer) -> torch.Tensor:
     """``<g_f, d>`` per segment (1-d tensor on the device), ``g_f`` the gradient of the loss the
     closure returns.
 
@@ -128,7 +140,8 @@ def _slopes(ev: ClosureEvaluator, segs: list, dirs: list) -> torch.Tensor:
         num, den = d if isinstance(d, tuple) else (d, None)
         keep = [i for i, p in enumerate(sg.params) if by_id.get(id(p)) is not None]
         gs = [by_id[id(sg.params[i])] for i in keep]
-        out.append(dots(gs, [num[i] for i in keep], None if den is None else [den[i] for i in keep]))
+        out.append(dots(gs, [num[i] for i in keep], None if den is None else [den[i] for i in keep],
+                        reducer.weights([sg.params[i] for i in keep])))
     return torch.stack([t.to(out[0].device) for t in out])
 
 
@@ -356,7 +369,8 @@ class ArmijoOptimizer(AutostepOptimizer):
                 unscale_grads(grad_scaler, self)
             segs = self._segments(ev)
             self._check_grads(segs)
-            clip = self._clip_coef([g for sg in segs for g in sg.grads])
+            clip = self._clip_coef([g for sg in segs for g in sg.grads],
+                                   [p for sg in segs for p in sg.params])
             if clip < 1.0:  # clipped copies: .grad itself is left as the closure made it
                 for sg in segs:
                     sg.grads = list(torch._foreach_mul(sg.grads, clip)) if sg.grads else []
@@ -377,7 +391,7 @@ class ArmijoOptimizer(AutostepOptimizer):
             if plan is None:
                 pass
             elif plan.s is not None and ev.slope_grads is not None:
-                plan.s = _slopes(ev, segs, plan.search)
+                plan.s = _slopes(ev, segs, plan.search, self.reducer)
             elif plan.s is not None and clip < 1.0:
                 # the Armijo slope is <g, d> with the unclipped g = g_clipped / clip
                 plan.s = plan.s / clip

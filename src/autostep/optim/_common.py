@@ -208,7 +208,7 @@ class AutostepOptimizer(Optimizer):
             )
 
     # ------------------------------------------------------------------ clipping and weight decay
-    def _clip_coef(self, grads: list) -> float:
+    def _clip_coef(self, grads: list, params: list | None = None) -> float:
         """``max_grad_norm / ||g||`` when the total gradient norm exceeds ``max_grad_norm``, else 1.
 
         The norm is taken over every gradient of the step (all groups), as
@@ -217,7 +217,9 @@ class AutostepOptimizer(Optimizer):
         mx = self.param_groups[0].get("max_grad_norm")
         if mx is None or not grads:
             return 1.0
-        norm = math.sqrt(sq_norm_float([local(g) for g in grads]))
+        # summed over the shards of sharded (FSDP) parameters, ``params`` being the grads' owners
+        weights = self.reducer.weights(params) if params is not None else None
+        norm = math.sqrt(self.reducer.global_sums([sq_norm_float(grads, weights)])[0])
         if not math.isfinite(norm) or norm <= mx:
             return 1.0
         return mx / (norm + 1e-6)

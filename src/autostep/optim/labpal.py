@@ -266,7 +266,7 @@ class LABPAL(_LineOptimizer):
     def _clip_swap(self):
         """``max_grad_norm``: put clipped copies into ``.grad`` for this call (undone by _unswap)."""
         ps = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
-        clip = self._clip_coef([p.grad for p in ps])
+        clip = self._clip_coef([p.grad for p in ps], ps)
         if clip >= 1.0:
             return None
         orig = [p.grad for p in ps]
@@ -279,6 +279,15 @@ class LABPAL(_LineOptimizer):
         if swapped is not None:
             for p, g in zip(*swapped):
                 p.grad = g
+
+    def _norm(self, members: list[list], dirs: list[list]) -> float:
+        """``||d||`` over all groups: local sums weighted for the shards of sharded (FSDP)
+        parameters, rank-averaged (the global norm, the same on every rank)."""
+        flat_p = [p for ps in members for p in ps]
+        # scale-safe (float64 where float32 over- or underflows, issue 11 item 9)
+        sq = sq_norm_float([t for d in dirs for t in d], self.reducer.weights(flat_p))
+        sq = self.reducer.mean([sq])[0]
+        return math.sqrt(sq) if sq >= 0 else math.nan
 
     def _set_lr(self, lr: float) -> None:
         for group in self.param_groups:
@@ -352,7 +361,7 @@ class LABPAL(_LineOptimizer):
             if pos == k - 1:
                 members = self._members()
                 dirs = self._finish_direction(members, k)
-                norm = math.sqrt(sum(sq_norm_float(d) for d in dirs))
+                norm = self._norm(members, dirs)
                 if not (norm > 0 and math.isfinite(norm)):
                     ls["pos"] = 0
                     return self._end_phase(info, aborted="zero or non-finite direction")
@@ -468,7 +477,7 @@ class LABPAL(_LineOptimizer):
             lr = ls["est_lr"]
             length = math.nan  # ||d_t|| is not computed in SGD mode (it costs a reduction)
         else:
-            norm = math.sqrt(sum(sq_norm_float(d) for d in dirs))
+            norm = self._norm(members, dirs)
             lr = ls["est_step"] / norm if norm > 0 and math.isfinite(norm) else 0.0
             length = ls["est_step"] if lr > 0 else 0.0
         if lr > 0:

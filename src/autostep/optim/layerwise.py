@@ -111,6 +111,10 @@ class PLASLS(_AdamDirection, ArmijoOptimizer):
             for li, idx in enumerate(group["layers"]):
                 ps = [group["params"][i] for i in idx if group["params"][i].grad is not None]
                 segs.append(Segment(group, ps, [p.grad for p in ps], group["layer_names"][li], li))
+        if self.reducer.sharded:
+            # a rank may hold no gradient of a layer (FSDP1 use_orig_params): every rank keeps every
+            # layer, so that all reduce the same list of sums (an empty layer contributes 0)
+            return segs
         return [sg for sg in segs if sg.params]
 
     def _finish_groups(self) -> None:

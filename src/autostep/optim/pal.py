@@ -206,7 +206,7 @@ class PAL(_LineOptimizer):
             mu, alpha, s_max = first["measuring_step"], first["alpha"], first["max_step"]
             params = self._with_grad()
             grads = [[p.grad for p in ps] for ps in params]
-            clip = self._clip_coef([g for gs in grads for g in gs])
+            clip = self._clip_coef([g for gs in grads for g in gs], [p for ps in params for p in ps])
             if clip < 1.0:  # clipped copies; .grad stays as the closure left it
                 grads = [list(torch._foreach_mul(gs, clip)) if gs else [] for gs in grads]
             new_bufs: list = []
@@ -222,19 +222,25 @@ class PAL(_LineOptimizer):
                     dirs.append(d)
                 else:
                     dirs.append(gs)
-            norm_sq = float(sum(sq_norm_float(d) for d in dirs))  # scale-safe (issue 11 item 9)
-            norm = math.sqrt(norm_sq)
-            if not params or not any(params) or not (norm > 0 and math.isfinite(norm)):
+            sgrads, unclip = grads, clip
+            if ev.slope_grads is not None:  # torch-style closure adding to accumulated grads
+                by_id = {id(p): g for p, g in zip(ev.params, ev.slope_grads)}
+                sgrads = [[by_id.get(id(p)) if by_id.get(id(p)) is not None else torch.zeros_like(p)
+                           for p in ps] for ps in params]
+                unclip = 1.0
+            # ||d||^2 and <g, d>: local sums weighted for the shards of sharded (FSDP) parameters,
+            # then rank-averaged like every decision scalar (global sums; one all-reduce)
+            flat_d = [t for d in dirs for t in d]
+            w = self.reducer.weights([p for ps in params for p in ps])
+            # (scale-safe: recomputed in float64 where float32 over- or underflows, issue 11 item 9)
+            norm_sq, g_dot_d = ev.reduce([sq_norm_float(flat_d, w),
+                                          dot_float([g for gs in sgrads for g in gs], flat_d, w)])
+            norm = math.sqrt(norm_sq) if norm_sq >= 0 else math.nan
+            if not (norm > 0 and math.isfinite(norm)):
                 s_upd, case, a, slope, f_mu = 0.0, "zero direction", math.nan, 0.0, math.nan
             else:
-                sgrads, unclip = grads, clip
-                if ev.slope_grads is not None:  # torch-style closure adding to accumulated grads
-                    by_id = {id(p): g for p, g in zip(ev.params, ev.slope_grads)}
-                    sgrads = [[by_id.get(id(p)) if by_id.get(id(p)) is not None else torch.zeros_like(p)
-                               for p in ps] for ps in params]
-                    unclip = 1.0
                 # the slope is <g, d> with the unclipped gradient g = g_clipped / clip
-                slope = -float(sum(dot_float(gs, d) for gs, d in zip(sgrads, dirs))) / norm / unclip
+                slope = -g_dot_d / norm / unclip
                 line = Line(params, dirs)
                 line.move([mu / norm] * len(params))
                 f_mu = ev.trial()

@@ -7,9 +7,8 @@ from typing import Optional
 import torch
 
 from . import _validate as V
-from ._adam import all_zero
 from ._base import ArmijoOptimizer, Plan, Segment, decrease_terms
-from .sls import _COMMON_DOC, _AdamDirection, _sq_norm_terms
+from .sls import _COMMON_DOC, _AdamDirection, _flat_weights, _sq_norm_terms
 
 __all__ = ["SALSA", "ALSALS"]
 
@@ -106,7 +105,8 @@ class SALSA(_AdamDirection, _Smoothed):
 
     def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
         if self.param_groups[0]["direction"] == "sgd":
-            return Plan(search=[sg.grads for sg in segs], s=_sq_norm_terms(segs) if need_s else None)
+            return Plan(search=[sg.grads for sg in segs],
+                        s=_sq_norm_terms(segs, self.reducer) if need_s else None)
         return self._plan_precond(segs, need_s, line)
 
 
@@ -175,6 +175,8 @@ class ALSALS(_AdamDirection, _Smoothed):
                 torch._foreach_mul_(d, m_k)
                 torch._foreach_div_(d, mo.bc1)
             search.append(d)
-        s = decrease_terms(line, [sg.grads for sg in segs], search) if need_s else None
+        s = (decrease_terms(line, [sg.grads for sg in segs], search, None,
+                            _flat_weights(segs, self.reducer)) if need_s else None)
+        # exact_zero is asked only where the (global) s_j is 0, so every rank asks alike
         return Plan(search=search, s=s, moments=moments,
-                    exact_zero=lambda j: all_zero(search[j]))
+                    exact_zero=lambda j: not self.reducer.any_nonzero(search[j]))

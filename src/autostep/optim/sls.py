@@ -20,9 +20,15 @@ def _stack(ts: list) -> torch.Tensor | None:
     return torch.stack([t.to(ts[0].device) for t in ts])
 
 
-def _sq_norm_terms(segs: list[Segment]) -> torch.Tensor | None:
-    """``||g||^2`` per segment (the SGD direction's decrease term), left on the device."""
-    return _stack([sq_norms(sg.grads) for sg in segs])
+def _sq_norm_terms(segs: list[Segment], reducer) -> torch.Tensor | None:
+    """``||g||^2`` per segment (the SGD direction's decrease term), left on the device; local sums
+    weighted for sharded parameters (``Reducer.weights``: the rank average is the global sum)."""
+    return _stack([sq_norms(sg.grads, reducer.weights(sg.params)) for sg in segs])
+
+
+def _flat_weights(segs: list[Segment], reducer) -> list | None:
+    """``Reducer.weights`` of every segment's parameters, in one flat list (``None``: all 1)."""
+    return reducer.weights([p for sg in segs for p in sg.params])
 
 
 _COMMON_DOC = """
@@ -116,7 +122,8 @@ class SLS(ArmijoOptimizer):
         super().__init__(params, defaults)
 
     def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
-        return Plan(search=[sg.grads for sg in segs], s=_sq_norm_terms(segs) if need_s else None)
+        return Plan(search=[sg.grads for sg in segs],
+                    s=_sq_norm_terms(segs, self.reducer) if need_s else None)
 
 
 class _AdamDirection:
@@ -170,7 +177,7 @@ class _AdamDirection:
         s = None
         if need_s:
             s = decrease_terms(line, [sg.grads for sg in segs], [sg.grads for sg in segs],
-                               [d for d, _, _ in dens])
+                               [d for d, _, _ in dens], _flat_weights(segs, self.reducer))
         return Plan(search=search, s=s, final=final, moments=moments,
                     final_scale=lambda j, eta: [eta / b for b in bc1s[j]])
 
