@@ -97,4 +97,6 @@ def tensor_list_finite(ts) -> "torch.Tensor":
     finite (NaN and inf propagate; float64 cannot overflow on float32/16 maxima)."""
     if not ts:
         return torch.zeros((), dtype=torch.float64)
-    return torch.stack(torch._foreach_norm(list(ts), math.inf, dtype=torch.float64)).sum()
+    from ..distributed import locals_  # DTensors: this rank's shards (callers rank-reduce it)
+
+    return torch.stack(torch._foreach_norm(locals_(ts), math.inf, dtype=torch.float64)).sum()
