@@ -331,3 +331,39 @@ def test_a_constant_scheduler_does_not_warn():
             _loss(model, batches[t % 6]).backward()
             opt.step()
             sched.step()
+
+
+@pytest.mark.parametrize("fail_at", [1, 4, 9])  # in the first step's line search, and in the ramp
+def test_an_exception_in_the_probe_leaves_everything_as_it_was(fail_at):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    x, y = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    calls = {"n": 0, "fail": None}
+
+    def loss_fn(m, b):
+        calls["n"] += 1
+        if calls["n"] == calls["fail"]:
+            raise KeyboardInterrupt
+        return F.cross_entropy(m(b[0]), b[1])
+
+    opt = Autostep(model.parameters(), total_steps=50, model=model, loss_fn=loss_fn, probe_data=[(x, y)])
+    steps_before = 0 if fail_at < 8 else 1
+    for _ in range(steps_before):  # the first step spends 7 probe calls
+        opt.zero_grad()
+        F.cross_entropy(model((x)), y).backward()
+        opt.step()
+    opt.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    params = [p.detach().clone() for p in model.parameters()]
+    buffers = [b.clone() for b in model.buffers()]
+    sd = copy.deepcopy(opt.state_dict())
+    calls["fail"] = calls["n"] + (fail_at if fail_at < 8 else 1)
+    with pytest.raises(KeyboardInterrupt):
+        opt.step()
+    for p, q in zip(model.parameters(), params):
+        assert torch.equal(p, q)
+    for b, c in zip(model.buffers(), buffers):
+        assert torch.equal(b, c)
+    assert repr(opt.state_dict()["param_groups"]) == repr(sd["param_groups"])  # repr: nan == nan
+    opt.step()  # and the step can simply be retried
+    assert opt.param_groups[0]["k"] == steps_before + 1

@@ -10,22 +10,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import autostep
+from test_distributed import data, make_model  # the same model and data as the other DDP tests
 
 pytestmark = pytest.mark.slow  # two processes
 
 STEPS = 40
-
-
-def make_model():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 3))
-
-
-def data():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(256, 8, generator=g)
-    y = (x @ torch.randn(8, 3, generator=g)).argmax(1)
-    return x, y
 
 
 def loss_fn(model, b):

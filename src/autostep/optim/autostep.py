@@ -237,12 +237,14 @@ class Autostep(torch.optim.Optimizer):
         buffers = [(b, b.detach().clone()) for b in model.buffers()]
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
         total = 0.0
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(12345)
-            for batch in self._probe:
-                total += float(self._loss_fn(model, batch).detach().float())
-        for buf, saved in buffers:
-            buf.copy_(saved)
+        try:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(12345)
+                for batch in self._probe:
+                    total += float(self._loss_fn(model, batch).detach().float())
+        finally:  # also when the loss function raises: BatchNorm statistics stay as they were
+            for buf, saved in buffers:
+                buf.copy_(saved)
         self._set(forwards=self._get("forwards") + len(self._probe))
         value = total / len(self._probe)
         return self._reducer.mean([value])[0] if self._reducer.active else value
@@ -309,13 +311,18 @@ class Autostep(torch.optim.Optimizer):
                               "total_steps itself; the two multiply. Use a constant schedule (HF: "
                               "lr_scheduler_type='constant'), or total_steps=None to let the scheduler "
                               "shape the run", stacklevel=2)
-            for g in self.param_groups:
-                g["lr_seen"] = g["lr"]
         if not self.state and all(g["lr"] == 0 for g in self.param_groups):
             # torch.distributed.checkpoint's _init_optim_state: lr 0 on a fresh optimizer creates the
             # state tensors without taking a step
             self._init_state(params)
             return loss
+        self._advance(params, closure_loss)
+        for g in self.param_groups:  # only a completed step records the multiplier it saw
+            g["lr_seen"] = g["lr"]
+        return loss
+
+    def _advance(self, params: list, closure_loss: Optional[float]) -> None:
+        """The ramp, the guard and the update for one step whose gradients are finite."""
         phase = self._get("phase")
         k = self._get("k")
         if phase == "start":
@@ -338,7 +345,7 @@ class Autostep(torch.optim.Optimizer):
                 self._restore()
                 self._end_ramp(self._get("best_lr") * self._get("peak_fraction"), k)
                 self._set(k=k + 1, rollbacks=self._get("rollbacks") + 1)
-                return loss  # this gradient was taken at the abandoned point
+                return  # this gradient was taken at the abandoned point
             rate = self._get("ramp_lr") * self._get("ramp_growth")
             if k + 1 >= self._get("ramp_steps"):  # still improving at the top: keep the rate reached
                 self._end_ramp(self._get("ramp_lr"), k + 1)
@@ -354,7 +361,7 @@ class Autostep(torch.optim.Optimizer):
                     self._restore()
                     self._set(peak_lr=self._get("peak_lr") * 0.5, rollbacks=self._get("rollbacks") + 1,
                               k=k + 1)
-                    return loss
+                    return
                 self._set(best_loss=signal, last_loss=signal)
                 self._snapshot()
             rate = self._scheduled(k)
@@ -363,7 +370,6 @@ class Autostep(torch.optim.Optimizer):
         else:
             self._adam_update(rate)
         self._set(k=k + 1)
-        return loss
 
     def _end_ramp(self, peak: float, k: int) -> None:
         self._set(phase="train", peak_lr=peak, ramp_end=k)
@@ -377,17 +383,23 @@ class Autostep(torch.optim.Optimizer):
             return 1e-5
         directions = [p.grad / (p.grad.abs() + self.param_groups[0]["eps"]) for p in params]
         start = [p.detach().clone() for p in params]
-        base = self._probe_loss()
-        best_rate, best = 1e-6, base
-        for e in range(1, 7):
-            rate = 10.0 ** (-e)
-            for p, w, d in zip(params, start, directions):
-                p.copy_(w).sub_(d, alpha=rate)
-            value = self._probe_loss()
-            if math.isfinite(value) and value < best:
-                best_rate, best = rate, value
-        for p, w in zip(params, start):
-            p.copy_(w)
+        forwards = self._get("forwards")
+        try:
+            base = self._probe_loss()
+            best_rate, best = 1e-6, base
+            for e in range(1, 7):
+                rate = 10.0 ** (-e)
+                for p, w, d in zip(params, start, directions):
+                    p.copy_(w).sub_(d, alpha=rate)
+                value = self._probe_loss()
+                if math.isfinite(value) and value < best:
+                    best_rate, best = rate, value
+        except BaseException:  # an interrupted search changes nothing, counters included
+            self._set(forwards=forwards)
+            raise
+        finally:
+            for p, w in zip(params, start):
+                p.copy_(w)
         self._set(best_loss=base)
         return best_rate * self._ramp_start
 
