@@ -6,6 +6,7 @@ import importlib.util
 import math
 import pathlib
 import sys
+import warnings
 
 import pytest
 import torch
@@ -251,8 +252,12 @@ def test_autostep_lightning_and_hf_trainer():
     with tempfile.TemporaryDirectory() as tmp:
         args = TrainingArguments(output_dir=tmp, max_steps=4, per_device_train_batch_size=8,
                                  gradient_accumulation_steps=2, report_to=[], save_strategy="no",
-                                 logging_strategy="no", use_cpu=True, disable_tqdm=True)
-        Trainer(model=model, args=args, train_dataset=ds, optimizers=(opt, None)).train()  # no adapter
+                                 logging_strategy="no", use_cpu=True, disable_tqdm=True,
+                                 lr_scheduler_type="constant")  # Autostep brings its own decay
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="Autostep: a scheduler")
+            Trainer(model=model, args=args, train_dataset=ds, optimizers=(opt, None)).train()  # no adapter
+    assert opt.param_groups[0]["k"] == 4
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
