@@ -9,28 +9,9 @@ from __future__ import annotations
 
 import argparse
 import math
+from ._argtypes import positive_float, positive_int
 
 __all__ = ["register"]
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
 
 
 def _grid_arg(text: str) -> list:
@@ -58,13 +39,13 @@ def register(subparsers) -> None:
     p.add_argument("--optimizer", default="sgd",
                    choices=("sgd", "adam", "pal", "labpal", "labpal-sgd", "labpal-nsgd"),
                    help="sgd (plain SGD, default), adam, pal, labpal-sgd, labpal-nsgd")
-    p.add_argument("--lr", type=_positive_float, default=None, help="learning rate of sgd/adam")
-    p.add_argument("--steps", type=_positive_int, default=300)
-    p.add_argument("--every", type=_positive_int, default=10, help="measure every N steps")
-    p.add_argument("--batch-size", type=_positive_int, default=64)
+    p.add_argument("--lr", type=positive_float, default=None, help="learning rate of sgd/adam")
+    p.add_argument("--steps", type=positive_int, default=300)
+    p.add_argument("--every", type=positive_int, default=10, help="measure every N steps")
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--grid", type=_grid_arg, default=None, metavar="LO,HI,N",
                    help="step sizes on the unit line (default -0.5,0.5,41, the paper's range)")
-    p.add_argument("--large-batch", type=_positive_int, default=None,
+    p.add_argument("--large-batch", type=positive_int, default=None,
                    help="samples for the 'full-batch' loss (default: the whole training set)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="lines.png", help="PNG path ('' for none)")

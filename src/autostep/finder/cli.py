@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
+from .._argtypes import positive_float, positive_int
 
 __all__ = ["register", "run"]
 
@@ -26,26 +26,6 @@ def make_optimizer(name: str):
     raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {name!r}")
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
 def register(subparsers) -> argparse.ArgumentParser:
     """Add the ``find-lr`` subcommand to an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
@@ -59,22 +39,22 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="digits: scikit-learn digits MLP (always available); fmnist: Fashion-MNIST "
                         "MLP (needs /usr/share/datasets/fashion-mnist)")
     p.add_argument("--optimizer", choices=sorted(_OPTIMIZERS), default="adam")
-    p.add_argument("--steps", type=_positive_int, default=20, help="training steps per trial (20)")
-    p.add_argument("--seeds", type=_positive_int, default=1,
+    p.add_argument("--steps", type=positive_int, default=20, help="training steps per trial (20)")
+    p.add_argument("--seeds", type=positive_int, default=1,
                    help="repetitions of each trial with different data orders (spread of the picks)")
-    p.add_argument("--lr-min", type=_positive_float, default=1e-5, help="start of the coarse grid")
-    p.add_argument("--lr-max", type=_positive_float, default=1.0, help="end of the coarse grid")
-    p.add_argument("--tol", type=_positive_float, default=0.125,
+    p.add_argument("--lr-min", type=positive_float, default=1e-5, help="start of the coarse grid")
+    p.add_argument("--lr-max", type=positive_float, default=1.0, help="end of the coarse grid")
+    p.add_argument("--tol", type=positive_float, default=0.125,
                    help="refine until each point of interest is known within TOL decades")
     p.add_argument("--pick", choices=("log_midpoint", "half_drop", "steepest"), default="log_midpoint")
     p.add_argument("--schedule", choices=("cosine", "linear", "constant"), default=None,
                    help="return the peak rate for training with this schedule (warm-up + cosine, "
                         "warm-up + linear decay, constant) instead of the paper's pick")
-    p.add_argument("--total-steps", type=_positive_int, default=None,
+    p.add_argument("--total-steps", type=positive_int, default=None,
                    help="length of the training run; the search then takes at most 10%% of it")
-    p.add_argument("--budget-steps", type=_positive_int, default=None,
+    p.add_argument("--budget-steps", type=positive_int, default=None,
                    help="most training steps all trials together may take")
-    p.add_argument("--workers", type=_positive_int, default=1,
+    p.add_argument("--workers", type=positive_int, default=1,
                    help="processes running trials in parallel (1: sequential)")
     p.add_argument("--seed", type=int, default=0, help="model initialisation and data order seed")
     p.add_argument("--out", default=None,
