@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import autostep
 from autostep.optim.autostep import Autostep
+from autostep.optim._autostep_updates import scheduled_rate
 
 
 def _problem(seed=0, n=256, d=10, classes=3, hidden=16):
@@ -178,7 +179,7 @@ def test_a_scheduler_scales_the_found_rate():
         if g["phase"] == "ramp":
             assert g["applied_lr"] == pytest.approx(0.25 * g["ramp_lr"])
     assert g["phase"] == "train"
-    assert g["applied_lr"] == pytest.approx(0.25 * opt._scheduled(g["k"] - 1))
+    assert g["applied_lr"] == pytest.approx(0.25 * scheduled_rate(opt.param_groups[0], g["k"] - 1))
 
 
 def test_schedule_free_mode_eval_train_round_trip():
@@ -300,10 +301,10 @@ def test_decay_shapes_reach_zero_at_total_steps(decay, mid):
     model, batches, _ = _problem()
     opt = _make(model, batches, total_steps=110, decay=decay)
     opt._set(phase="train", peak_lr=2.0, ramp_end=10)
-    assert opt._scheduled(10) == pytest.approx(2.0)
-    assert opt._scheduled(60) == pytest.approx(2.0 * mid)
-    assert opt._scheduled(110) == pytest.approx(0.0, abs=1e-12)
-    assert opt._scheduled(35) == pytest.approx(1.5 if decay == "linear" else 1.0 + math.cos(math.pi / 4))
+    assert scheduled_rate(opt.param_groups[0], 10) == pytest.approx(2.0)
+    assert scheduled_rate(opt.param_groups[0], 60) == pytest.approx(2.0 * mid)
+    assert scheduled_rate(opt.param_groups[0], 110) == pytest.approx(0.0, abs=1e-12)
+    assert scheduled_rate(opt.param_groups[0], 35) == pytest.approx(1.5 if decay == "linear" else 1.0 + math.cos(math.pi / 4))
 
 
 def test_a_decaying_scheduler_on_top_of_the_own_decay_warns_once():

@@ -41,29 +41,10 @@ from typing import Callable, Iterable, Optional
 import torch
 
 from ..distributed import Reducer
+from ._autostep_inputs import check_multipliers, first_rate, grads_finite, probe_loss, run_state, take_batches
+from ._autostep_updates import adam_update, init_adam_state, scheduled_rate, sf_swap, sf_update
 
 __all__ = ["Autostep"]
-
-_SHAPES = ("linear", "cosine")
-
-
-def _take_batches(probe_data, n: int) -> list:
-    """The first ``n`` batches of a list, tuple, DataLoader or any re-iterable (kept fixed)."""
-    if isinstance(probe_data, (list, tuple)):
-        batches = list(probe_data[:n])
-    else:
-        it = iter(probe_data)
-        if it is probe_data:
-            raise TypeError("Autostep: probe_data is a one-shot iterator (a generator?); pass a list of "
-                            "batches or a DataLoader")
-        batches = []
-        for b in it:
-            batches.append(b)
-            if len(batches) >= n:
-                break
-    if not batches:
-        raise ValueError("Autostep: probe_data holds no batch; pass at least one batch")
-    return batches
 
 
 class Autostep(torch.optim.Optimizer):
@@ -126,26 +107,11 @@ class Autostep(torch.optim.Optimizer):
                  probe_batches: int = 2, guard_every: Optional[int] = None, rise: Optional[float] = None,
                  patience_factor: float = 4.0, ramp_decades: float = 3.5,
                  ramp_start: float = 0.3):
-        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
-            raise ValueError(f"Autostep: lr is a multiplier on the found step size and must be a finite "
-                             f"number > 0 (1.0 uses the rate as found); got {lr!r}")
-        if total_steps is not None and (not isinstance(total_steps, int) or total_steps < 1):
-            raise ValueError(f"Autostep: total_steps must be a positive int (the number of step() calls "
-                             f"in the run) or None for Schedule-Free averaging; got {total_steps!r}")
-        b1, b2 = betas
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"Autostep: betas must lie in [0, 1); got {betas!r}")
-        if not (eps > 0 and math.isfinite(eps)):
-            raise ValueError(f"Autostep: eps must be > 0; got {eps!r}")
-        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-            raise ValueError(f"Autostep: weight_decay must be >= 0; got {weight_decay!r}")
-        if decay not in _SHAPES:
-            raise ValueError(f"Autostep: decay must be one of {_SHAPES}; got {decay!r}")
-        if not (0 < peak_fraction <= 1):
-            raise ValueError(f"Autostep: peak_fraction must lie in (0, 1]; got {peak_fraction!r}")
-        if probe not in ("auto", "closure"):
-            raise ValueError(f"Autostep: probe must be 'auto' (model/loss_fn/probe_data) or 'closure'; "
-                             f"got {probe!r}")
+        run = run_state(lr=lr, total_steps=total_steps, probe=probe, betas=betas, eps=eps,
+                        weight_decay=weight_decay, decay=decay, ramp_steps=ramp_steps,
+                        peak_fraction=peak_fraction, ramp_growth=ramp_growth, guard_every=guard_every,
+                        rise=rise, patience_factor=patience_factor, ramp_decades=ramp_decades,
+                        ramp_start=ramp_start)
         given = {"model": model is not None, "loss_fn": loss_fn is not None,
                  "probe_data": probe_data is not None}
         if probe == "auto":
@@ -157,42 +123,16 @@ class Autostep(torch.optim.Optimizer):
                     " or probe='closure' and call opt.step(closure) with a torch-style closure")
             if not callable(loss_fn):
                 raise TypeError(f"Autostep: loss_fn must be callable as loss_fn(model, batch); got {loss_fn!r}")
-            if not isinstance(probe_batches, int) or probe_batches < 1:
-                raise ValueError(f"Autostep: probe_batches must be an int >= 1; got {probe_batches!r}")
-            self._probe = _take_batches(probe_data, probe_batches)
+            self._probe = take_batches(probe_data, probe_batches)
         else:
             self._probe = None
         self._model, self._loss_fn = model, loss_fn
-        if not 0 < ramp_start <= 1:
-            raise ValueError(f"Autostep: ramp_start must lie in (0, 1]; got {ramp_start!r}")
         self._ramp_start = ramp_start
-        if ramp_steps is None:
-            ramp_steps = max(10, total_steps // 10) if total_steps else 100
-        if not isinstance(ramp_steps, int) or ramp_steps < 2:
-            raise ValueError(f"Autostep: ramp_steps must be an int >= 2; got {ramp_steps!r}")
-        if ramp_growth is None:  # `ramp_decades` decades over the longest ramp
-            ramp_growth = 10.0 ** (ramp_decades / ramp_steps)
-        if not ramp_growth > 1:
-            raise ValueError(f"Autostep: ramp_growth must be > 1; got {ramp_growth!r}")
-        if rise is None:  # a fixed probe is noise-free; a closure's mini-batch losses are not
-            rise = 0.1 if probe == "auto" else 0.25
-        if not (isinstance(rise, (int, float)) and rise > 0):
-            raise ValueError(f"Autostep: rise must be a number > 0; got {rise!r}")
-        if not patience_factor > 1:
-            raise ValueError(f"Autostep: patience_factor must be > 1; got {patience_factor!r}")
-        if guard_every is None:
-            guard_every = max(10, (total_steps or 1000) // 20)
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         applied_lr=0.0, peak_lr=math.nan)
         super().__init__(params, defaults)
         # run-level numbers live in param_groups (as Prodigy and Schedule-Free keep them), mirrored in
         # every group so torch's checkpoint helpers keep them
-        run = dict(total_steps=total_steps, decay=decay, ramp_steps=ramp_steps, ramp_growth=ramp_growth,
-                   peak_fraction=peak_fraction, guard_every=guard_every, rise=rise,
-                   patience=max(2, math.ceil(math.log(patience_factor) / math.log(ramp_growth))), since_best=0,
-                   k=0, phase="start", ramp_lr=math.nan, best_loss=math.inf, best_lr=math.nan,
-                   ramp_end=0, last_loss=math.nan, forwards=0, skipped=0, rollbacks=0,
-                   sf_weight=0.0, sf_mode="train")
         for g in self.param_groups:
             for key, value in run.items():
                 g.setdefault(key, value)
@@ -230,23 +170,10 @@ class Autostep(torch.optim.Optimizer):
         return [p for g in self.param_groups for p in g["params"]]
 
     # ------------------------------------------------------------------ probe losses
-    @torch.no_grad()
     def _probe_loss(self) -> float:
         """Mean loss over the fixed probe batches (fixed dropout masks, buffers restored), rank-averaged."""
-        model = self._model
-        buffers = [(b, b.detach().clone()) for b in model.buffers()]
-        devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
-        total = 0.0
-        try:
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(12345)
-                for batch in self._probe:
-                    total += float(self._loss_fn(model, batch).detach().float())
-        finally:  # also when the loss function raises: BatchNorm statistics stay as they were
-            for buf, saved in buffers:
-                buf.copy_(saved)
+        value = probe_loss(self._model, self._loss_fn, self._probe)
         self._set(forwards=self._get("forwards") + len(self._probe))
-        value = total / len(self._probe)
         return self._reducer.mean([value])[0] if self._reducer.active else value
 
     def _signal(self, closure_loss: Optional[float]) -> float:
@@ -260,20 +187,6 @@ class Autostep(torch.optim.Optimizer):
         ema = closure_loss if not math.isfinite(last) else 0.8 * last + 0.2 * closure_loss
         return ema if math.isfinite(closure_loss) else closure_loss
 
-    # ------------------------------------------------------------------ schedule
-    def _scheduled(self, k: int) -> float:
-        """Rate (before the lr multiplier) for step ``k`` after the ramp."""
-        peak = self._get("peak_lr")
-        total = self._get("total_steps")
-        if total is None:
-            return peak
-        start = self._get("ramp_end")
-        span = max(1, total - start)
-        u = min(1.0, max(0.0, (k - start) / span))
-        if self._get("decay") == "linear":
-            return peak * (1.0 - u)
-        return peak * 0.5 * (1.0 + math.cos(math.pi * u))
-
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self, closure: Optional[Callable] = None):
@@ -286,24 +199,11 @@ class Autostep(torch.optim.Optimizer):
         params = [p for p in self._params() if p.grad is not None]
         if not params:
             return loss
-        for p in params:
-            if p.grad.is_sparse:
-                raise RuntimeError("Autostep does not support sparse gradients")
-        # a non-finite gradient (fp16 overflow, a bad batch) skips the step: nothing changes
-        # one fused norm and one host read: inf/nan anywhere makes the sum non-finite
-        total = float(torch.stack(torch._foreach_norm([p.grad for p in params])).sum())
-        ok = math.isfinite(total)
-        if self._reducer.active:
-            ok = self._reducer.mean([float(ok)])[0] == 1.0
-        if not ok:
+        if not grads_finite(params, self._reducer):
+            # a non-finite gradient (fp16 overflow, a bad batch) skips the step: nothing changes
             self._set(skipped=self._get("skipped") + 1)
             return loss
-        for g in self.param_groups:
-            if not (isinstance(g["lr"], (int, float)) and math.isfinite(g["lr"]) and g["lr"] >= 0):
-                raise ValueError(f"Autostep: param group lr (the multiplier on the found rate) is "
-                                 f"{g['lr']!r}; a scheduler or load_state_dict set it to a value that is "
-                                 "not a finite number >= 0")
-
+        check_multipliers(self.param_groups)
         if self._get("total_steps") is not None and not self._warned_schedule:
             if any(g.get("lr_seen", g["lr"]) != g["lr"] for g in self.param_groups):
                 self._warned_schedule = True
@@ -349,7 +249,7 @@ class Autostep(torch.optim.Optimizer):
             rate = self._get("ramp_lr") * self._get("ramp_growth")
             if k + 1 >= self._get("ramp_steps"):  # still improving at the top: keep the rate reached
                 self._end_ramp(self._get("ramp_lr"), k + 1)
-                rate = self._scheduled(k)
+                rate = scheduled_rate(self.param_groups[0], k)
             else:
                 self._set(ramp_lr=rate)
         else:
@@ -364,7 +264,7 @@ class Autostep(torch.optim.Optimizer):
                     return
                 self._set(best_loss=signal, last_loss=signal)
                 self._snapshot()
-            rate = self._scheduled(k)
+            rate = scheduled_rate(self.param_groups[0], k)
         if self._get("total_steps") is None and self._get("phase") == "train":
             self._sf_update(rate)
         else:
@@ -377,39 +277,23 @@ class Autostep(torch.optim.Optimizer):
             self._start_sf()
 
     def _initial_rate(self, params: list, closure_loss: Optional[float]) -> float:
-        """Probe-loss line search along Adam's first direction (≈ sign of g), rates 1e-1 ... 1e-6;
-        the ramp starts at 0.3x the best.  Closure mode starts at 1e-5."""
+        """The ramp's first rate: ``ramp_start`` x the best of a probe-loss line search along Adam's
+        first direction (:func:`first_rate`).  Closure mode starts at 1e-5."""
         if self._probe is None:
             return 1e-5
-        directions = [p.grad / (p.grad.abs() + self.param_groups[0]["eps"]) for p in params]
-        start = [p.detach().clone() for p in params]
         forwards = self._get("forwards")
         try:
-            base = self._probe_loss()
-            best_rate, best = 1e-6, base
-            for e in range(1, 7):
-                rate = 10.0 ** (-e)
-                for p, w, d in zip(params, start, directions):
-                    p.copy_(w).sub_(d, alpha=rate)
-                value = self._probe_loss()
-                if math.isfinite(value) and value < best:
-                    best_rate, best = rate, value
+            best_rate, base = first_rate(params, self.param_groups[0]["eps"], self._probe_loss)
         except BaseException:  # an interrupted search changes nothing, counters included
             self._set(forwards=forwards)
             raise
-        finally:
-            for p, w in zip(params, start):
-                p.copy_(w)
         self._set(best_loss=base)
         return best_rate * self._ramp_start
 
     def _init_state(self, params: list) -> None:
         for p in params:
-            st = self.state[p]
-            st["step"] = 0
-            st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            st["snapshot"] = p.detach().clone()
+            init_adam_state(p, self.state[p])
+            self.state[p]["snapshot"] = p.detach().clone()
 
     # ------------------------------------------------------------------ snapshots (one param copy)
     def _snapshot(self) -> None:
@@ -432,40 +316,9 @@ class Autostep(torch.optim.Optimizer):
     # ------------------------------------------------------------------ updates
     def _adam_update(self, rate: float) -> None:
         for g in self.param_groups:
-            b1, b2 = g["betas"]
-            applied = rate * g["lr"]
-            g["applied_lr"] = applied
-            ps = [p for p in g["params"] if p.grad is not None]
-            if not ps:
-                continue
-            grads, ms, vs, steps = [], [], [], []
-            for p in ps:
-                st = self.state[p]
-                if "exp_avg" not in st:
-                    st["step"] = 0
-                    st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                    st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                st["step"] += 1
-                grads.append(p.grad)
-                ms.append(st["exp_avg"])
-                vs.append(st["exp_avg_sq"])
-                steps.append(st["step"])
-            torch._foreach_lerp_(ms, grads, 1.0 - b1)
-            torch._foreach_mul_(vs, b2)
-            torch._foreach_addcmul_(vs, grads, grads, value=1.0 - b2)
-            if g["weight_decay"]:
-                torch._foreach_mul_(ps, 1.0 - applied * g["weight_decay"])
-            denom = torch._foreach_sqrt(vs)
-            torch._foreach_div_(denom, [math.sqrt(1.0 - b2 ** s) for s in steps])
-            torch._foreach_add_(denom, g["eps"])
-            scale = [-applied / (1.0 - b1 ** s) for s in steps]
-            upd = torch._foreach_div(ms, denom)
-            torch._foreach_mul_(upd, scale)
-            torch._foreach_add_(ps, upd)
+            g["applied_lr"] = rate * g["lr"]
+            adam_update(g, self.state, g["applied_lr"])
 
-    # Schedule-Free AdamW (Defazio et al. 2024): params hold y = (1-b1) z + b1 x; gradients at y;
-    # z <- z - rate (g / denom + wd y); x <- (1 - c) x + c z with c = rate^2 / sum(rate^2).
-    # x is not stored: x = (y - (1-b1) z) / b1.
     def _start_sf(self) -> None:
         for p in self._params():
             st = self.state[p]
@@ -476,53 +329,20 @@ class Autostep(torch.optim.Optimizer):
     def _sf_update(self, rate: float) -> None:
         weight = self._get("sf_weight")
         for g in self.param_groups:
-            b1, b2 = g["betas"]
-            applied = rate * g["lr"]
-            g["applied_lr"] = applied
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                st = self.state[p]
-                if "z" not in st:
-                    st["z"] = p.detach().clone()
-                if "exp_avg_sq" not in st:
-                    st["step"] = 0
-                    st["exp_avg_sq"] = torch.zeros_like(p)
-                st["step"] += 1
-                s = st["step"]
-                z, v, grad = st["z"], st["exp_avg_sq"], p.grad
-                v.mul_(b2).addcmul_(grad, grad, value=1.0 - b2)
-                denom = (v / (1.0 - b2 ** s)).sqrt_().add_(g["eps"])
-                x = (p - (1.0 - b1) * z) / b1 if b1 > 0 else z.clone()
-                new_weight = weight + applied ** 2
-                c = applied ** 2 / new_weight if new_weight > 0 else 1.0
-                if g["weight_decay"]:
-                    z.sub_(p, alpha=applied * g["weight_decay"])
-                z.addcdiv_(grad, denom, value=-applied)
-                x.lerp_(z, c)
-                p.copy_(x.mul_(b1).add_(z, alpha=1.0 - b1))
+            g["applied_lr"] = rate * g["lr"]
+            sf_update(g, self.state, g["applied_lr"], weight)
         self._set(sf_weight=weight + (rate * self.param_groups[0]["lr"]) ** 2)
 
     @torch.no_grad()
     def eval(self) -> None:
         """Schedule-Free mode: put the averaged point x into the parameters (no-op otherwise)."""
-        if self._get("sf_mode") == "eval":
-            return
-        self._set(sf_mode="eval")
-        b1 = self.param_groups[0]["betas"][0]
-        for p in self._params():
-            z = self.state[p].get("z")
-            if z is not None and b1 > 0:
-                p.sub_(z, alpha=1.0 - b1).div_(b1)
+        if self._get("sf_mode") != "eval":
+            self._set(sf_mode="eval")
+            sf_swap(self._params(), self.state, self.param_groups[0]["betas"][0], to_eval=True)
 
     @torch.no_grad()
     def train(self) -> None:
         """Back to training mode after :meth:`eval` (no-op otherwise)."""
-        if self._get("sf_mode") == "train":
-            return
-        self._set(sf_mode="train")
-        b1 = self.param_groups[0]["betas"][0]
-        for p in self._params():
-            z = self.state[p].get("z")
-            if z is not None and b1 > 0:
-                p.mul_(b1).add_(z, alpha=1.0 - b1)
+        if self._get("sf_mode") != "train":
+            self._set(sf_mode="train")
+            sf_swap(self._params(), self.state, self.param_groups[0]["betas"][0], to_eval=False)

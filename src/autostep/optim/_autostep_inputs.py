@@ -1,0 +1,157 @@
+"""Where :class:`~autostep.optim.autostep.Autostep` gets its losses, and how its inputs are checked.
+
+* :func:`take_batches` keeps the fixed probe batches;
+* :func:`probe_loss` evaluates them under ``no_grad`` with fixed randomness and restored buffers;
+* :func:`first_rate` is the probe-loss line search along Adam's first direction that starts the ramp;
+* :func:`grads_finite` and :func:`check_multipliers` check a step's gradients and ``lr`` values;
+* :func:`run_state` checks the constructor's options and returns the run-level numbers that live in
+  every param group (so that torch's checkpoint helpers keep them).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+
+__all__ = ["SHAPES", "take_batches", "probe_loss", "first_rate", "grads_finite", "check_multipliers", "run_state"]
+
+SHAPES = ("linear", "cosine")
+
+#: seed of the fixed randomness (dropout masks) under which the probe batches are evaluated
+PROBE_SEED = 12345
+
+
+def take_batches(probe_data, n: int) -> list:
+    """The first ``n`` batches of a list, tuple, DataLoader or any re-iterable (kept fixed)."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"Autostep: probe_batches must be an int >= 1; got {n!r}")
+    if isinstance(probe_data, (list, tuple)):
+        batches = list(probe_data[:n])
+    else:
+        it = iter(probe_data)
+        if it is probe_data:
+            raise TypeError("Autostep: probe_data is a one-shot iterator (a generator?); pass a list of "
+                            "batches or a DataLoader")
+        batches = []
+        for b in it:
+            batches.append(b)
+            if len(batches) >= n:
+                break
+    if not batches:
+        raise ValueError("Autostep: probe_data holds no batch; pass at least one batch")
+    return batches
+
+
+@torch.no_grad()
+def probe_loss(model: torch.nn.Module, loss_fn: Callable, batches: list) -> float:
+    """Mean of ``loss_fn(model, batch)`` over ``batches``: fixed dropout masks, buffers restored."""
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    total = 0.0
+    try:
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(PROBE_SEED)
+            for batch in batches:
+                total += float(loss_fn(model, batch).detach().float())
+    finally:  # also when the loss function raises: BatchNorm statistics stay as they were
+        for buf, saved in buffers:
+            buf.copy_(saved)
+    return total / len(batches)
+
+
+@torch.no_grad()
+def first_rate(params: list, eps: float, measure: Callable[[], float]) -> tuple[float, float]:
+    """Probe-loss line search along Adam's first direction (about the sign of the gradient).
+
+    Tries the rates 1e-1 ... 1e-6 from the current point; returns ``(best rate, loss at the start)``,
+    the best rate being 1e-6 when none lowers the loss.  ``measure()`` returns the probe loss.  The
+    parameters are back at the start afterwards, also when ``measure`` raises.
+    """
+    directions = [p.grad / (p.grad.abs() + eps) for p in params]
+    start = [p.detach().clone() for p in params]
+    try:
+        base = measure()
+        best_rate, best = 1e-6, base
+        for e in range(1, 7):
+            rate = 10.0 ** (-e)
+            for p, w, d in zip(params, start, directions):
+                p.copy_(w).sub_(d, alpha=rate)
+            value = measure()
+            if math.isfinite(value) and value < best:
+                best_rate, best = rate, value
+    finally:
+        for p, w in zip(params, start):
+            p.copy_(w)
+    return best_rate, base
+
+
+def grads_finite(params: list, reducer) -> bool:
+    """Whether every gradient is finite on every rank (refuses sparse gradients).
+
+    One fused norm and one host read: inf/nan anywhere makes the sum non-finite.
+    """
+    for p in params:
+        if p.grad.is_sparse:
+            raise RuntimeError("Autostep does not support sparse gradients")
+    total = float(torch.stack(torch._foreach_norm([p.grad for p in params])).sum())
+    ok = math.isfinite(total)
+    if reducer.active:
+        ok = reducer.mean([float(ok)])[0] == 1.0
+    return ok
+
+
+def check_multipliers(groups: list) -> None:
+    """Refuse a group ``lr`` (the multiplier on the found rate) that is not a finite number >= 0."""
+    for g in groups:
+        if not (isinstance(g["lr"], (int, float)) and math.isfinite(g["lr"]) and g["lr"] >= 0):
+            raise ValueError(f"Autostep: param group lr (the multiplier on the found rate) is "
+                             f"{g['lr']!r}; a scheduler or load_state_dict set it to a value that is "
+                             "not a finite number >= 0")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(f"Autostep: {message}")
+
+
+def run_state(*, lr, total_steps: Optional[int], probe: str, betas, eps, weight_decay, decay: str,
+              ramp_steps: Optional[int], peak_fraction: float, ramp_growth: Optional[float],
+              guard_every: Optional[int], rise: Optional[float], patience_factor: float,
+              ramp_decades: float, ramp_start: float) -> dict:
+    """Check Autostep's options (each error names the value and what to pass) and return the run-level
+    numbers kept in every param group."""
+    _check(isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
+           f"lr is a multiplier on the found step size and must be a finite number > 0 (1.0 uses the "
+           f"rate as found); got {lr!r}")
+    _check(total_steps is None or (isinstance(total_steps, int) and total_steps >= 1),
+           f"total_steps must be a positive int (the number of step() calls in the run) or None for "
+           f"Schedule-Free averaging; got {total_steps!r}")
+    b1, b2 = betas
+    _check(0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0, f"betas must lie in [0, 1); got {betas!r}")
+    _check(eps > 0 and math.isfinite(eps), f"eps must be > 0; got {eps!r}")
+    _check(weight_decay >= 0 and math.isfinite(weight_decay), f"weight_decay must be >= 0; got {weight_decay!r}")
+    _check(decay in SHAPES, f"decay must be one of {SHAPES}; got {decay!r}")
+    _check(0 < peak_fraction <= 1, f"peak_fraction must lie in (0, 1]; got {peak_fraction!r}")
+    _check(probe in ("auto", "closure"),
+           f"probe must be 'auto' (model/loss_fn/probe_data) or 'closure'; got {probe!r}")
+    _check(0 < ramp_start <= 1, f"ramp_start must lie in (0, 1]; got {ramp_start!r}")
+    if ramp_steps is None:
+        ramp_steps = max(10, total_steps // 10) if total_steps else 100
+    _check(isinstance(ramp_steps, int) and ramp_steps >= 2, f"ramp_steps must be an int >= 2; got {ramp_steps!r}")
+    if ramp_growth is None:  # `ramp_decades` decades over the longest ramp
+        ramp_growth = 10.0 ** (ramp_decades / ramp_steps)
+    _check(ramp_growth > 1, f"ramp_growth must be > 1; got {ramp_growth!r}")
+    if rise is None:  # a fixed probe is noise-free; a closure's mini-batch losses are not
+        rise = 0.1 if probe == "auto" else 0.25
+    _check(isinstance(rise, (int, float)) and rise > 0, f"rise must be a number > 0; got {rise!r}")
+    _check(patience_factor > 1, f"patience_factor must be > 1; got {patience_factor!r}")
+    if guard_every is None:
+        guard_every = max(10, (total_steps or 1000) // 20)
+    return dict(total_steps=total_steps, decay=decay, ramp_steps=ramp_steps, ramp_growth=ramp_growth,
+                peak_fraction=peak_fraction, guard_every=guard_every, rise=rise,
+                patience=max(2, math.ceil(math.log(patience_factor) / math.log(ramp_growth))), since_best=0,
+                k=0, phase="start", ramp_lr=math.nan, best_loss=math.inf, best_lr=math.nan,
+                ramp_end=0, last_loss=math.nan, forwards=0, skipped=0, rollbacks=0,
+                sf_weight=0.0, sf_mode="train")
