@@ -1,0 +1,67 @@
+"""The closure contract: what a closure passed to ``step(closure)`` must return, the errors that
+say it did not, and the checks that raise them (see :mod:`autostep._closure` for the two
+conventions)."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["CLOSURE_CONTRACT", "ClosureError", "NonFiniteLossError", "check_closure", "check_loss"]
+
+CLOSURE_CONTRACT = (
+    "The closure computes the mini-batch loss and returns it as a scalar tensor. Either\n"
+    "    def closure():                      # loss-only: trials cost one forward each\n"
+    "        return loss_fn(model(x), y)\n"
+    "or, as for torch.optim.LBFGS and Lightning,\n"
+    "    def closure():                      # torch-style\n"
+    "        optimizer.zero_grad()\n"
+    "        loss = loss_fn(model(x), y)\n"
+    "        loss.backward()\n"
+    "        return loss\n"
+    "    optimizer.step(closure)"
+)
+
+
+class ClosureError(RuntimeError):
+    """The closure broke the closure contract (see :data:`CLOSURE_CONTRACT`)."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss at the start point of a step is NaN or infinite; the step changed nothing."""
+
+
+def check_closure(closure) -> None:
+    """Refuse a missing or non-callable closure with the contract in the message."""
+    if closure is None:
+        raise ClosureError(
+            "step() needs a closure: this optimizer evaluates the loss at trial points. If "
+            "your loop calls backward() itself and then step() without arguments (Hugging Face "
+            "Trainer, accelerate), bind the loss with optimizer.set_closure(lambda: "
+            "loss_fn(model(x), y)) before each step (for the Trainer: "
+            "autostep.integrations.hf.attach(trainer)).\n" + CLOSURE_CONTRACT
+        )
+    if not callable(closure):
+        raise ClosureError(
+            f"step() got {type(closure).__name__} {closure!r} as closure; pass a function that "
+            f"returns the loss.\n{CLOSURE_CONTRACT}"
+        )
+
+
+def check_loss(value, where: str) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor):
+        hint = ""
+        if isinstance(value, (int, float)):
+            hint = " It looks like the closure returned loss.item(); return the tensor itself."
+        elif value is None:
+            hint = " It returned None; add `return loss` at the end of the closure."
+        raise ClosureError(
+            f"The closure returned {type(value).__name__} {value!r} {where}; it must return the "
+            f"loss as a scalar torch.Tensor.{hint}\n{CLOSURE_CONTRACT}"
+        )
+    if value.numel() != 1:
+        raise ClosureError(
+            f"The closure returned a tensor of shape {tuple(value.shape)} {where}; it must return "
+            "a scalar loss. Reduce it first, e.g. `return loss.mean()`, or use a loss with "
+            f"reduction='mean'.\n{CLOSURE_CONTRACT}"
+        )
+    return value

@@ -1,0 +1,102 @@
+"""Which gradients are whose: ``.grad`` fingerprints, telling a new gradient from a copy, the
+gradients an optimizer's own backward produced (so that gradients computed outside ``step()`` are
+recognised), and unscaling with a ``GradScaler``."""
+
+from __future__ import annotations
+
+import weakref
+from typing import Sequence
+
+import torch
+
+from ..distributed import local
+
+__all__ = ["grad_fingerprint", "replaced", "foreign_grads", "any_nonzero_grad", "note_own_grads",
+           "set_own_grads", "unscale_grads"]
+
+#: attribute of the optimizer that records the ``.grad`` tensors its own last backward produced
+OWN_GRADS = "_autostep_own_grads"
+
+
+def grad_fingerprint(params: Sequence[torch.Tensor]) -> list:
+    """The ``.grad`` objects themselves with their version counters (compared with ``is``)."""
+    return [(p.grad, None if p.grad is None else p.grad._version) for p in params]
+
+
+def _same_grads(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(ga is gb and va == vb for (ga, va), (gb, vb) in zip(a, b))
+
+
+def replaced(now, before, version) -> bool:
+    """True if ``.grad`` is not the tensor it was (``before``, at ``version``): a new gradient.
+
+    A different *object* holding the same values is the same gradient: FSDP1 with
+    ``use_orig_params=True`` replaces every ``.grad`` on each forward by a view of its flat
+    gradient (a view of the same memory, or of a fresh copy when the flat gradient was rebuilt from
+    the ``.grad`` fields), without changing it.  The same memory at the same version is checked
+    first; otherwise the values are compared (one pass, only for replaced objects).  A closure's
+    own ``backward()`` is recorded separately, so this only has to tell copies from new values."""
+    if now is None or now is before:
+        return False
+    if before is None:
+        return True
+    a, b = local(now), local(before)
+    if a.is_sparse or b.is_sparse or a.layout != torch.strided or b.layout != torch.strided:
+        return True
+    if a.shape != b.shape or a.dtype != b.dtype or a.device != b.device:
+        return True
+    if a.data_ptr() == b.data_ptr() and a.stride() == b.stride() and a._version == version:
+        return False
+    with torch.no_grad():
+        return not torch.equal(a, b)
+
+
+def foreign_grads(owner, params: Sequence[torch.Tensor]) -> bool:
+    """Gradients in ``.grad`` that the optimizer's own last backward did not produce."""
+    if not any(p.grad is not None for p in params):
+        return False
+    own = getattr(owner, OWN_GRADS, None) or {}
+    for p in params:
+        g = p.grad
+        if g is None:
+            continue
+        ref = own.get(id(p))
+        if ref is None or ref[0]() is not g or ref[1] != g._version:
+            return True
+    return False
+
+
+def any_nonzero_grad(params: Sequence[torch.Tensor]) -> bool:
+    return any(bool(p.grad.any()) for p in params if p.grad is not None)
+
+
+def note_own_grads(owner, params: Sequence[torch.Tensor], ours: bool) -> None:
+    """Record the ``.grad`` tensors as the owner's own (``ours``: its backward produced them)."""
+    if owner is None:
+        return
+    own = {}
+    if ours:
+        own = {id(p): (weakref.ref(p.grad), p.grad._version) for p in params
+               if p.grad is not None}
+    set_own_grads(owner, own)
+
+
+def set_own_grads(owner, own) -> None:
+    """Put back a record taken with ``getattr(owner, OWN_GRADS, None)``."""
+    try:
+        setattr(owner, OWN_GRADS, own)
+    except AttributeError:  # pragma: no cover
+        pass
+
+
+def unscale_grads(grad_scaler, optimizer) -> bool:
+    """``grad_scaler.unscale_(optimizer)`` and whether any gradient is inf/NaN.
+
+    The check is recorded in the scaler, so the usual ``grad_scaler.update()`` after the step adapts
+    the scale.  A disabled scaler (or ``None``) unscales nothing and reports no inf.
+    """
+    if grad_scaler is None or not grad_scaler.is_enabled():
+        return False
+    grad_scaler.unscale_(optimizer)
+    state = grad_scaler._per_optimizer_states[id(optimizer)]
+    return any(bool(v.item()) for v in state["found_inf_per_device"].values())
