@@ -53,20 +53,20 @@ ROWS = ["forward (grad)", "backward", "trial forwards", "evaluator", "direction"
 
 # (module, attribute path, label): functions timed when they exist in the installed version
 TARGETS = [
-    ("autostep._closure", "ClosureEvaluator.__init__", "evaluator"),
-    ("autostep._closure", "ClosureEvaluator.first", "evaluator"),
-    ("autostep._closure", "ClosureEvaluator.trial", "evaluator"),
-    ("autostep._closure", "ClosureEvaluator.finish", "evaluator"),
-    ("autostep._closure", "ClosureEvaluator.reduce", "evaluator"),
-    ("autostep._closure", "ClosureEvaluator.read_start", "evaluator"),
-    ("autostep.optim._common", "AutostepOptimizer._evaluator", "evaluator"),
-    ("autostep.optim._base", "ArmijoOptimizer._segments", "Python / other"),
+    ("autostep._closure.evaluator", "ClosureEvaluator.__init__", "evaluator"),
+    ("autostep._closure.evaluator", "ClosureEvaluator.first", "evaluator"),
+    ("autostep._closure.evaluator", "ClosureEvaluator.trial", "evaluator"),
+    ("autostep._closure.evaluator", "ClosureEvaluator.finish", "evaluator"),
+    ("autostep._closure.evaluator", "ClosureEvaluator.reduce", "evaluator"),
+    ("autostep._closure.evaluator", "ClosureEvaluator.read_start", "evaluator"),
+    ("autostep.optim._optimizer", "AutostepOptimizer._evaluator", "evaluator"),
+    ("autostep.optim._armijo_plan", "Segments._segments", "Python / other"),
     ("autostep.optim.layerwise", "PLASLS._segments", "Python / other"),
     ("autostep.optim._adam", "AdamMoments.__init__", "direction"),
     ("autostep.optim._adam", "AdamMoments.denom", "direction"),
     ("autostep.optim._adam", "AdamMoments.m_new", "direction"),
     ("autostep.optim._adam", "AdamMoments.commit", "direction"),
-    ("autostep.optim._base", "decrease_terms", "dots"),
+    ("autostep.optim._armijo_plan", "decrease_terms", "dots"),
     ("autostep.optim.sls", "SLS._plan", "direction"),
     ("autostep.optim.sls", "AdamSLS._plan", "direction"),
     ("autostep.optim.salsa", "SALSA._plan", "direction"),
@@ -138,7 +138,8 @@ def instrumented(prof: Profiler):
             wrapped_funcs[fn] = w
     # modules that imported a wrapped function by name (``from ._adam import dots``)
     for name in ("autostep.optim.sls", "autostep.optim.salsa", "autostep.optim.layerwise",
-                 "autostep.optim._base", "autostep._line", "autostep.optim._adam"):
+                 "autostep.optim._armijo", "autostep.optim._armijo_plan", "autostep._line",
+                 "autostep.optim._adam"):
         mod = importlib.import_module(name)
         for attr, val in list(vars(mod).items()):
             if callable(val) and val in wrapped_funcs and getattr(mod, attr) is not wrapped_funcs[val]:

@@ -209,7 +209,7 @@ def test_scratch_sums_per_segment_flat_and_per_tensor():
 
 @pytest.mark.parametrize("with_den", [False, True])
 def test_decrease_terms_cpu_and_foreach_paths_agree(monkeypatch, with_den):
-    import autostep.optim._base as base
+    import autostep.optim._armijo_plan as base
 
     torch.manual_seed(1)
     shapes = [[(4, 3), (3,)], [(5,)]]

@@ -3,7 +3,7 @@
 The Trainer runs forward and backward itself and then calls ``optimizer.step()`` without a closure,
 so a line search has no way to evaluate the loss at its trial points.  :func:`attach` wraps the
 trainer's ``training_step`` so that, after each micro-batch, the optimizer gets a loss-only closure
-for that batch (:meth:`~autostep.optim._common.AutostepOptimizer.set_closure`).  ``step()`` then
+for that batch (:meth:`~autostep.optim._optimizer.AutostepOptimizer.set_closure`).  ``step()`` then
 uses the gradients the Trainer computed -- accumulated over ``gradient_accumulation_steps`` and
 clipped to ``max_grad_norm`` -- and evaluates ``trainer.compute_loss`` on the last micro-batch under
 ``torch.no_grad()`` for the start loss and each trial (inside the Trainer's autocast context).

@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from ._base import ArmijoOptimizer, Plan, Segment
+from ._armijo import ArmijoOptimizer, Plan, Segment
 from .sls import _COMMON_DOC, _AdamDirection
 
 __all__ = ["PLASLS"]

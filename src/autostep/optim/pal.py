@@ -19,7 +19,7 @@ from .._line import Line
 from . import _parabola as P
 from . import _validate as V
 from ._adam import dot_float, sq_norm_float
-from ._common import AutostepOptimizer
+from ._optimizer import AutostepOptimizer
 
 __all__ = ["PAL"]
 
@@ -180,7 +180,7 @@ class PAL(_LineOptimizer):
 
         Returns the loss at the start point.  A non-finite start loss or gradient skips the step
         before anything changes; a step that raises leaves the optimizer as it was (see
-        :class:`~autostep.optim._common.AutostepOptimizer`).  ``step(None)`` with all-zero
+        :class:`~autostep.optim._optimizer.AutostepOptimizer`).  ``step(None)`` with all-zero
         gradients only creates the state (torch's distributed checkpoint helpers call it so) and
         returns ``None``; without a closure otherwise, the one bound with :meth:`set_closure` is
         used.  ``grad_scaler`` (a ``torch.amp.GradScaler``): the optimizer's backward is scaled and

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from . import _validate as V
-from ._base import ArmijoOptimizer, Plan, Segment, decrease_terms
+from ._armijo import ArmijoOptimizer, Plan, Segment, decrease_terms
 from .sls import _COMMON_DOC, _AdamDirection, _flat_weights, _sq_norm_terms
 
 __all__ = ["SALSA", "ALSALS"]

@@ -8,7 +8,7 @@ import torch
 
 from . import _validate as V
 from ._adam import AdamMoments, init_adam_state, sq_norms
-from ._base import ArmijoOptimizer, Plan, Segment, decrease_terms
+from ._armijo import ArmijoOptimizer, Plan, Segment, decrease_terms
 
 __all__ = ["SLS", "AdamSLS"]
 

@@ -13,139 +13,36 @@ A step is:
    ``max_trials`` trials all fail, restore ``w0`` and skip the step.
 
 Every decision is taken from rank-averaged scalars, so all ranks agree under ``torch.distributed``.
+
+The parts live in their own modules: segments, plans and decrease terms in
+:mod:`~autostep.optim._armijo_plan`, the step-size rules in
+:mod:`~autostep.optim._armijo_step_sizes`, the backtracking loop in
+:mod:`~autostep.optim._armijo_search`; this module holds the engine's ``step``.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 import torch
 
-from .._closure import ClosureEvaluator, NonFiniteLossError, unscale_grads
-from .._line import Line, axpy_
-from ..distributed import locals_
-from . import _functional as F
+from .._closure import NonFiniteLossError, unscale_grads
+from .._line import Line
 from . import _validate as V
-from ._adam import all_zero, dots
-from ._common import AutostepOptimizer
+from ._adam import all_zero
+from ._armijo_plan import Plan, Segment, Segments, decrease_terms, slopes
+from ._armijo_search import BacktrackingSearch
+from ._armijo_step_sizes import AMORTIZE_WARMUP, StepSizes
+from ._optimizer import AutostepOptimizer
 
-__all__ = ["ArmijoOptimizer", "Plan", "Segment"]
+__all__ = ["ArmijoOptimizer", "Plan", "Segment", "decrease_terms"]
 
-#: searches before the amortised mode may start reusing the step size
-AMORTIZE_WARMUP = 10
 #: accepted searches in a row with a decrease below float rounding before the scale warning
 STALL_SEARCHES = 10
 
 
-@dataclass
-class Segment:
-    """Parameters that share one step size: a param group, or one layer of a group (PLASLS)."""
-
-    group: dict
-    params: list  # parameters of the segment that have a gradient this step
-    grads: list
-    name: str = ""
-    layer: Optional[int] = None  # index into group["layer_lrs"] for per-layer step sizes
-
-    @property
-    def eta(self) -> float:
-        """The search's own step size (before any scheduler cap)."""
-        if self.layer is None:
-            return self.group["step_size"]
-        return self.group["layer_lrs"][self.layer]
-
-
-@dataclass
-class Plan:
-    """What a subclass computes from the gradients before the search.
-
-    Nothing in the optimizer's state changes while a plan is made: Adam moments are provisional
-    (:class:`~autostep.optim._adam.AdamMoments`) and committed by the engine once the step is taken.
-    """
-
-    search: list  # one Direction per segment
-    s: Optional[torch.Tensor] = None  # <g, d_search> per segment, 1-d on the device (None: not needed)
-    final: Optional[list] = None  # Direction per segment for the applied update (None: the tested point)
-    final_scale: Optional[Callable[[int, float], Any]] = None  # (segment index, eta) -> scale(s)
-    moments: list = field(default_factory=list)  # AdamMoments to commit when the step is taken
-    exact_zero: Optional[Callable[[int], bool]] = None  # s_j == 0: is direction j exactly zero?
-
-    def commit(self) -> None:
-        for mo in self.moments:
-            mo.commit()
-
-
-def decrease_terms(line: Optional[Line], xs: list, ys: list, dens: Optional[list] = None,
-                   weights: Optional[list] = None):
-    """Per segment ``sum <x, y / den>`` (``den`` optional) as a 1-d tensor on the device.
-
-    ``xs``, ``ys``, ``dens`` hold one tensor list per segment; the line's ``w0`` buffer (not yet
-    saved) is the scratch, so no temporary is allocated.  DTensors enter through their local
-    shards; ``weights`` (``Reducer.weights`` of the segments' parameters, one flat list; ``None``
-    for all 1) scale each tensor's term so that the rank average of the sums is the global sum.
-
-    On accelerators: one foreach pass per operation over all segments (copy, divide, multiply)
-    and one flat sum per segment -- a handful of kernel launches whatever the number of tensors.
-    On CPU, where a foreach op is itself a loop over the tensors, memory passes are what costs:
-    per tensor one ``div(out=scratch)`` and one ``vdot``, two passes instead of four.
-    """
-    if line is None:
-        return None
-    buf = line.scratch
-    xs = [locals_(seg) for seg in xs]
-    ys = [locals_(seg) for seg in ys]
-    dens = None if dens is None else [locals_(seg) for seg in dens]
-    if _on_cpu(buf):
-        sums, k = [], 0
-        for bs, xseg, yseg, dseg in zip(buf, xs, ys, dens if dens is not None else [None] * len(buf)):
-            parts = []
-            for j, (b, x, y) in enumerate(zip(bs, xseg, yseg)):
-                if dseg is not None:
-                    y = torch.div(y, dseg[j], out=b)
-                parts.append(torch.vdot(x.reshape(-1), y.reshape(-1)))
-            if parts and weights is not None:
-                parts = [t * weights[k + j] for j, t in enumerate(parts)]
-            k += len(parts)
-            sums.append(torch.stack(parts).sum() if parts else torch.zeros((), dtype=line.dtype))
-        return torch.stack(sums)
-    flat = [t for seg in buf for t in seg]
-    if flat:
-        torch._foreach_copy_(flat, [t for seg in ys for t in seg])
-        if dens is not None:
-            torch._foreach_div_(flat, [t for seg in dens for t in seg])
-        torch._foreach_mul_(flat, [t for seg in xs for t in seg])
-        if weights is not None:
-            torch._foreach_mul_(flat, list(weights))
-    return line.scratch_sums()
-
-
-def _on_cpu(buf: list) -> bool:
-    return all(t.device.type == "cpu" for seg in buf for t in seg)
-
-
-def _slopes(ev: ClosureEvaluator, segs: list, dirs: list, reducer) -> torch.Tensor:
-    """``<g_f, d>`` per segment (1-d tensor on the device), ``g_f`` the gradient of the loss the
-    closure returns.
-
-    Differs from the plan's ``<g, d>`` when a torch-style closure added its gradient to gradients
-    accumulated before the step: the direction uses the accumulated gradient, the Armijo test the
-    slope of the loss it evaluates.
-    """
-    by_id = {id(p): g for p, g in zip(ev.params, ev.slope_grads)}
-    out = []
-    for sg, d in zip(segs, dirs):
-        num, den = d if isinstance(d, tuple) else (d, None)
-        keep = [i for i, p in enumerate(sg.params) if by_id.get(id(p)) is not None]
-        gs = [by_id[id(sg.params[i])] for i in keep]
-        out.append(dots(gs, [num[i] for i in keep], None if den is None else [den[i] for i in keep],
-                        reducer.weights([sg.params[i] for i in keep])))
-    return torch.stack([t.to(out[0].device) for t in out])
-
-
-class ArmijoOptimizer(AutostepOptimizer):
+class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer):
     """Base class; see the subclasses for the documented algorithms.
 
     Counters (cumulative, in ``state_dict``): :attr:`forwards`, :attr:`backwards`, :attr:`trials`,
@@ -181,14 +78,6 @@ class ArmijoOptimizer(AutostepOptimizer):
             "warned_no_grad": False,
             "stalled": 0,
         })
-
-    def _group_added(self, group: dict) -> None:
-        # step_size: the search's own step size; applied_lr: the value the optimizer last wrote into
-        # group["lr"] (group["lr"] differing from it means a scheduler or the user wrote a rate, which
-        # becomes lr_cap until the next write)
-        group.setdefault("step_size", group["lr"])
-        group.setdefault("applied_lr", group["lr"])
-        group.setdefault("lr_cap", None)
 
     def _validate_group(self, group: dict) -> None:
         # a loaded group may hold a scheduler's value (a cap, 0 during a warm-up, above max_lr)
@@ -237,31 +126,6 @@ class ArmijoOptimizer(AutostepOptimizer):
         return self.param_groups[0]["lr"]
 
     # ------------------------------------------------------------------ subclass interface
-    def _segments(self, ev: ClosureEvaluator) -> list[Segment]:
-        segs = []
-        for group in self.param_groups:
-            ps = [p for p in group["params"] if p.grad is not None]
-            segs.append(Segment(group, ps, [p.grad for p in ps]))
-        return segs
-
-    def _check_grads(self, segs: list[Segment]) -> None:
-        for sg in segs:
-            for p, g in zip(sg.params, sg.grads):
-                if g.is_sparse:
-                    raise RuntimeError(
-                        f"{type(self).__name__} does not support sparse gradients (parameter of shape "
-                        f"{tuple(p.shape)}); use nn.Embedding(sparse=False) or a sparse optimizer"
-                    )
-        if not any(sg.params for sg in segs) and not self._ls.get("warned_no_grad"):
-            self._ls["warned_no_grad"] = True
-            warnings.warn(
-                f"{type(self).__name__}.step: none of the optimizer's parameters received a gradient "
-                "from the closure's loss, so nothing was updated. Did you pass the parameters of "
-                "the model the closure uses?",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-
     def _plan(self, segs: list[Segment], need_s: bool = True,
               line: Optional[Line] = None) -> Plan:  # pragma: no cover - abstract
         """Directions of the step, changing no state; ``need_s=False`` may leave ``Plan.s`` ``None``
@@ -276,63 +140,6 @@ class ArmijoOptimizer(AutostepOptimizer):
     def _amortize(self) -> int:
         """Largest number of steps between searches, 0/1 to search every step."""
         return 0
-
-    # ------------------------------------------------------------------ step-size bookkeeping
-    def _start_eta(self, group: dict, eta: float, since: int) -> float:
-        """Step size the search starts from (growth/reset rule, then the caps)."""
-        if group["reset"] == "growth":
-            eta = F.grow(eta, group["growth_steps"], since)
-        elif group["reset"] == "double" and self._ls["step"] % group["reset_every"] == 0:
-            eta = eta * 2.0
-        return min(max(eta, group["min_lr"]), group["max_lr"])
-
-    def _sync_external_lr(self) -> None:
-        """A value written into ``group['lr']`` from outside (scheduler, user) becomes the cap."""
-        for group in self.param_groups:
-            if group["lr"] != group["applied_lr"]:
-                V.nonnegative("lr (written by a scheduler or by hand)", group["lr"])
-                group["lr_cap"] = float(group["lr"])
-                group["applied_lr"] = group["lr"]
-
-    def _cap_scales(self, segs: list[Segment], starts: list[float]) -> list[float]:
-        """Per segment, the factor ``q <= 1`` that brings its group under ``lr_cap``.
-
-        A group's step size is compared with the cap: one segment's step size, or the geometric
-        mean of its layers' (PLASLS), which are all scaled alike.
-        """
-        logs: dict = {}
-        for sg, e in zip(segs, starts):
-            logs.setdefault(id(sg.group), []).append(math.log(max(e, 1e-300)))
-        qs = []
-        for sg in segs:
-            cap = sg.group.get("lr_cap")
-            if cap is None:
-                qs.append(1.0)
-                continue
-            ls_ = logs[id(sg.group)]
-            gm = math.exp(sum(ls_) / len(ls_))
-            qs.append(min(1.0, cap / gm) if gm > 0 else 1.0)
-        return qs
-
-    def _set_eta(self, seg: Segment, eta: float) -> None:
-        """Store the search's own step size of a segment."""
-        if seg.layer is None:
-            seg.group["step_size"] = eta
-        else:
-            seg.group["layer_lrs"][seg.layer] = eta
-
-    def _publish_lr(self, segs: list[Segment], applied: list[float]) -> None:
-        """``group["lr"]``: the step size applied this step (geometric mean over a group's layers)."""
-        logs: dict = {}
-        for sg, e in zip(segs, applied):
-            logs.setdefault(id(sg.group), []).append(math.log(max(e, 1e-300)))
-        for group in self.param_groups:
-            if id(group) in logs:
-                ls_ = logs[id(group)]
-                group["lr"] = math.exp(sum(ls_) / len(ls_)) if len(ls_) > 1 else math.exp(ls_[0])
-
-    def _finish_groups(self) -> None:
-        """Hook after step sizes changed (PLASLS recomputes the group's summary lr)."""
 
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
@@ -391,7 +198,7 @@ class ArmijoOptimizer(AutostepOptimizer):
             if plan is None:
                 pass
             elif plan.s is not None and ev.slope_grads is not None:
-                plan.s = _slopes(ev, segs, plan.search, self.reducer)
+                plan.s = slopes(ev, segs, plan.search, self.reducer)
             elif plan.s is not None and clip < 1.0:
                 # the Armijo slope is <g, d> with the unclipped g = g_clipped / clip
                 plan.s = plan.s / clip
@@ -518,74 +325,3 @@ class ArmijoOptimizer(AutostepOptimizer):
             self._warn_scale(scale_note)
         return loss
 
-    def _apply_final(self, plan: Plan, segs: list[Segment], etas: list[float], line: Line | None) -> None:
-        dirs = plan.final if plan.final is not None else plan.search
-        scales = [plan.final_scale(j, eta) if plan.final_scale else eta for j, eta in enumerate(etas)]
-        if line is not None:
-            line.move(scales, dirs)
-        else:
-            for sg, d, sc in zip(segs, dirs, scales):
-                axpy_(sg.params, d, sc)
-
-    def _update_amortize(self, eta: float, k_max: int) -> None:
-        if k_max <= 1:
-            return
-        ls = self._ls
-        le = math.log(max(eta, 1e-300))
-        if ls["log_eta_fast"] is None or ls["searches"] <= AMORTIZE_WARMUP:
-            # the first searches move eta by orders of magnitude (backtracking from the initial
-            # guess); drift is measured from the end of this warm-up on
-            ls["log_eta_fast"] = ls["log_eta_slow"] = le
-        ls["log_eta_fast"] = F.ema(ls["log_eta_fast"], le, 0.9)
-        ls["log_eta_slow"] = F.ema(ls["log_eta_slow"], le, 0.99)
-        drift = abs(ls["log_eta_fast"] - ls["log_eta_slow"])
-        ls["interval"] = F.amortize_interval(drift, k_max)
-
-    def _search(self, ev: ClosureEvaluator, line: Line, segs: list[Segment], etas: list[float],
-                s: list[float], zero: list[bool]) -> tuple[bool, list[float], int, float]:
-        """Backtracking; returns (accepted, step sizes, number of trials, last decrease)."""
-        ls = self._ls
-        groups = [sg.group for sg in segs]
-        cs = [g["c"] for g in groups]
-        bts = [g["backtrack"] for g in groups]
-        mins = [g["min_lr"] for g in groups]
-        max_trials = groups[0]["max_trials"]
-        beta = self._smoothing()
-        if beta > 0:
-            if len(ls["s_ema"]) != len(s):
-                ls["s_ema"] = [0.0] * len(s)
-            s_used = [F.ema(prev, si, beta) for prev, si in zip(ls["s_ema"], s)]
-            ls["s_ema"] = s_used
-            ls["ema_count"] += 1
-        else:
-            s_used = s
-        f0 = ev.loss0
-        # Below the loss's own rounding a comparison of decreases is meaningless: near a minimum the
-        # sufficient decrease drops under float resolution and a strict test would reject every
-        # size, collapsing eta to min_lr.  Differences within a few ulps of f0 count as equal.
-        tol = 4.0 * ev.loss_eps * abs(f0)
-        etas = list(etas)
-        for t in range(1, max_trials + 1):
-            line.move(etas)
-            f = ev.trial()
-            dec = f0 - f
-            if self._per_segment:
-                holds = [
-                    z or F.armijo_holds(dec + tol, F.armijo_rhs([c], [e], [si], self._momentum_aware))
-                    for z, c, e, si in zip(zero, cs, etas, s_used)
-                ]
-                ok = all(holds)
-            else:
-                lhs = F.ema(ls["h_ema"], dec, beta) if beta > 0 and math.isfinite(dec) else dec
-                rhs = F.armijo_rhs(cs, etas, s_used, self._momentum_aware)
-                ok = F.armijo_holds(lhs + tol, rhs)
-                holds = [ok] * len(etas)
-            if ok:
-                if beta > 0:
-                    ls["h_ema"] = lhs
-                return True, etas, t, dec
-            new = [e if h else max(e * b, m) for e, h, b, m in zip(etas, holds, bts, mins)]
-            if t == max_trials or new == etas:  # exhausted, or every failing size sits at min_lr
-                break
-            etas = new
-        return False, etas, t, dec
