@@ -8,6 +8,7 @@
 """
 
 import contextlib
+import math
 
 import pytest
 import torch
@@ -224,3 +225,47 @@ def test_decrease_terms_cpu_and_foreach_paths_agree(monkeypatch, with_den):
     monkeypatch.setattr(base, "_on_cpu", lambda buf: False)
     fused = base.decrease_terms(Line(params, [None, None], save=False), xs, ys, dens)
     assert torch.allclose(cpu, expected, rtol=1e-5) and torch.allclose(fused, expected, rtol=1e-5)
+
+
+def test_finite_hint_proves_finiteness_and_flags_inf_nan():
+    from autostep.optim import _validate as V
+
+    ok = [torch.randn(5, 3), torch.randn(4)]
+    assert torch.isfinite(V.finite_hint(ok))
+    for bad in (math.inf, -math.inf, math.nan):
+        ts = [t.clone() for t in ok]
+        ts[1][2] = bad
+        assert not torch.isfinite(V.finite_hint(ts))
+        assert not torch.isfinite(V.tensor_list_finite(ts))
+    # finite values whose squares overflow float32: the hint is not finite, the exact test is
+    huge = [torch.full((3,), 1e25)]
+    assert not torch.isfinite(V.finite_hint(huge))
+    assert torch.isfinite(V.tensor_list_finite(huge))
+
+
+@pytest.mark.parametrize("name", ["LABPAL", "SALSA-amortized", "PAL"])
+def test_finite_gradients_skip_the_slow_exact_check(monkeypatch, name):
+    """The exact inf-norm check (element by element on CPU, as long as a backward) runs only when
+    the fast hint is not finite; a huge but finite gradient still takes the step."""
+    from autostep.optim import _validate as V
+
+    calls = {"n": 0}
+    exact = V.tensor_list_finite
+
+    def counting(ts):
+        calls["n"] += 1
+        return exact(ts)
+
+    monkeypatch.setattr(V, "tensor_list_finite", counting)
+    model, x, y = _problem()
+    make = {"LABPAL": lambda p: autostep.LABPAL(p, approx_batches=2, reuse_steps=5),
+            "PAL": lambda p: autostep.PAL(p), "SALSA-amortized": ARMIJO["SALSA-amortized"]}[name]
+    opt = make(model.parameters())
+    for _ in range(30):
+        opt.step(lambda: nn.functional.cross_entropy(model(x), y))
+    assert calls["n"] == 0
+    assert opt.skipped_steps == 0 or name == "PAL"
+    # a loss scaled by 1e25: gradients ~1e25 are finite, their float32 squares are not
+    before = opt.nonfinite_steps
+    opt.step(lambda: 1e25 * nn.functional.cross_entropy(model(x), y))
+    assert calls["n"] >= 1 and opt.nonfinite_steps == before

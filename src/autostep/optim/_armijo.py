@@ -204,7 +204,8 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
                 plan.s = plan.s / clip
             # the one host read before the trials: start loss and decrease terms together (and,
             # when no decrease term is computed, the gradients' finiteness)
-            extra = plan.s if plan is not None and plan.s is not None else V.tensor_list_finite(
+            # (a non-finite hint is confirmed exactly by _grads_finite below)
+            extra = plan.s if plan is not None and plan.s is not None else V.finite_hint(
                 [g for sg in segs for g in sg.grads]).reshape(1)
             try:
                 s = ev.read_start(extra)
