@@ -23,9 +23,9 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 import autostep
-from conformance_cases import CASES
+from optimizer_infos import CASES, CONFORMANCE, names
 
-NAMES = sorted(CASES)
+NAMES = names(CONFORMANCE)
 
 
 def make_model(seed=0):

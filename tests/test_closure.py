@@ -9,10 +9,10 @@ from torch import nn
 
 import autostep
 from autostep._closure import ClosureEvaluator, ModelBuffers
-from conformance_cases import CASES
+from optimizer_infos import CASES, CONFORMANCE, names
 from test_conformance import batches, make_data, make_model
 
-NAMES = sorted(CASES)
+NAMES = names(CONFORMANCE)
 
 
 def _run(name, style, steps=12):

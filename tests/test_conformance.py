@@ -1,4 +1,6 @@
-"""The conformance table: every optimizer in tests/conformance_cases.py against the conventions."""
+"""Conformance: every optimizer input of the table (tests/optimizer_infos.py) against the conventions,
+every error input of the table refused, and the table's flags and registry names checked against
+the optimizers."""
 
 import copy
 import io
@@ -9,9 +11,10 @@ import torch
 from torch import nn
 
 import autostep
-from conformance_cases import CASES
+from autostep import registry
+from optimizer_infos import CASES, CONFORMANCE, INFOS, names
 
-NAMES = sorted(CASES)
+NAMES = names(CONFORMANCE)
 
 
 def make_data(n=96, d=8, k=3, seed=0):
@@ -157,19 +160,26 @@ def test_grad_none_parameters_are_skipped(name):
     assert len(opt.state.get(unused, {})) == 0
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("bad", [{"lr": -1.0}, {"lr": float("nan")}, {"lr": "0.1"}, {"max_trials": 0}])
-def test_bad_hyper_parameters_raise(name, bad):
-    factory = CASES[name]
-    probe = factory([nn.Parameter(torch.zeros(1))])
-    keys = set(probe.defaults)
-    if not set(bad) <= keys:
-        pytest.skip(f"{name} has no {set(bad) - keys}")
-    with pytest.raises(ValueError, match=list(bad)[0]):
-        type(probe)([nn.Parameter(torch.zeros(1))], **bad)
-    if "c" in keys:
-        with pytest.raises(ValueError, match="c must be"):
-            type(probe)([nn.Parameter(torch.zeros(1))], c=1.5)
+ERROR_CASES = [(i, e) for i in INFOS for e in i.error_inputs]
+
+
+@pytest.mark.parametrize("info, bad", ERROR_CASES, ids=[f"{i.name}-{e.id}" for i, e in ERROR_CASES])
+def test_bad_hyper_parameters_raise(info, bad):
+    with pytest.raises(bad.error, match=bad.match):
+        info.cls([nn.Parameter(torch.zeros(1))], **bad.kwargs)
+
+
+GROUP_ERROR_CASES = [(i, e) for i, e in ERROR_CASES
+                     if set(e.kwargs) <= set(i.cls([nn.Parameter(torch.zeros(1))]).defaults)]
+
+
+@pytest.mark.parametrize("info, bad", GROUP_ERROR_CASES,
+                         ids=[f"{i.name}-{e.id}" for i, e in GROUP_ERROR_CASES])
+def test_bad_hyper_parameters_in_an_added_group_raise_and_add_nothing(info, bad):
+    opt = info.cls([nn.Parameter(torch.zeros(1))])
+    with pytest.raises(bad.error, match=bad.match):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(2))], **bad.kwargs})
+    assert len(opt.param_groups) == 1
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -180,6 +190,7 @@ def test_closure_misuse_raises(name):
     xb, yb = data[0][:16], data[1][:16]
     snapshot = copy.deepcopy(model.state_dict())
 
+    assert CASES[name].info.needs_closure  # the table holds closure optimizers only
     with pytest.raises(autostep.ClosureError, match="needs a closure"):
         opt.step()
 
@@ -263,3 +274,63 @@ def test_nan_start_loss_changes_nothing(name):
     assert pickle_bytes(_without(opt.state_dict(), counters)) == pickle_bytes(
         _without(torch.load(io.BytesIO(opt_before), weights_only=False), counters))
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+# ----------------------------------------------------------------------------- the table itself
+def _one_param():
+    return [nn.Parameter(torch.zeros(3))]
+
+
+def _config(opt):
+    """What makes two optimizers the same: class, defaults and every group's hyper-parameters."""
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+    return type(opt), repr(opt.defaults), repr(groups)
+
+
+def test_no_two_cases_build_the_same_optimizer():
+    built = {}
+    for name, case in CASES.items():
+        built.setdefault(_config(case(_one_param())), []).append(name)
+    assert [names for names in built.values() if len(names) > 1] == []
+
+
+def test_registry_methods_are_table_inputs():
+    """Every autostep closure method of the registry builds exactly the table input that names it,
+    so running the table covers what the registry builds (and each input names a real method)."""
+    by_method = {}
+    for name, case in CASES.items():
+        if case.input.registry is not None:
+            assert case.input.registry not in by_method, case.input.registry
+            by_method[case.input.registry] = name
+    methods = registry.list_methods(family="autostep", kind="closure")
+    assert sorted(by_method) == sorted(methods)
+    for method in methods:
+        case = CASES[by_method[method]]
+        assert _config(registry.create(method, _one_param())) == _config(case(_one_param())), method
+        assert registry.get(method).needs_closure == case.info.needs_closure
+
+
+@pytest.mark.parametrize("info", INFOS, ids=[i.name for i in INFOS])
+def test_flags_match_the_optimizer(info):
+    opt = info.cls(_one_param())
+    keys = set(opt.defaults)
+    assert info.supports_weight_decay == ({"weight_decay", "max_grad_norm"} <= keys)
+    assert info.has_amortize == ("amortize" in keys)
+    if not info.has_amortize:
+        with pytest.raises(TypeError, match="amortize"):
+            info.cls(_one_param(), amortize=5)
+    assert info.is_armijo == ({"c", "max_trials"} <= keys)
+    data, model = make_data(), make_model()
+    opt = info.cls(model.parameters())
+    assert info.is_per_layer == ("layer_lrs" in opt.param_groups[0])
+    before = [p.detach().clone() for p in model.parameters()]
+    xb, yb = data[0][:32], data[1][:32]
+    if info.needs_closure:
+        with pytest.raises(autostep.ClosureError, match="needs a closure"):
+            opt.step()
+    opt.step(lambda: nn.functional.cross_entropy(model(xb), yb))
+    moved = not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert moved == info.first_call_updates
+    from test_fsdp import METHODS, PLAN  # the two-rank FSDP2 runs (slow, multi-process)
+    sharded = {type(METHODS[n](_one_param())) for n in PLAN["fsdp2"]}
+    assert info.supports_sharding == (info.cls in sharded)
