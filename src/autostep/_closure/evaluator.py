@@ -292,9 +292,6 @@ class ClosureEvaluator:
         value = self.reducer.mean([out.detach().item()], self.device)[0]
         return value if math.isfinite(value) else math.inf
 
-    def refresh_grad_versions(self) -> None:
-        """Kept for callers of the older API (trials no longer check ``.grad`` versions)."""
-
     def abort(self) -> None:
         """Undo what the evaluations of a step that is failing left behind, whatever the point of
         failure after a successful start: the module buffers the first evaluation changed

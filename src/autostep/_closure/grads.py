@@ -23,10 +23,6 @@ def grad_fingerprint(params: Sequence[torch.Tensor]) -> list:
     return [(p.grad, None if p.grad is None else p.grad._version) for p in params]
 
 
-def _same_grads(a: list, b: list) -> bool:
-    return len(a) == len(b) and all(ga is gb and va == vb for (ga, va), (gb, vb) in zip(a, b))
-
-
 def replaced(now, before, version) -> bool:
     """True if ``.grad`` is not the tensor it was (``before``, at ``version``): a new gradient.
 
