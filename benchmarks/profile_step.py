@@ -138,6 +138,7 @@ def instrumented(prof: Profiler):
             wrapped_funcs[fn] = w
     # modules that imported a wrapped function by name (``from ._adam import dots``)
     for name in ("autostep.optim.sls", "autostep.optim.salsa", "autostep.optim.layerwise",
+                 "autostep.optim._adam_direction",
                  "autostep.optim._armijo", "autostep.optim._armijo_plan", "autostep._line",
                  "autostep.optim._adam"):
         mod = importlib.import_module(name)

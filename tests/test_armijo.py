@@ -426,16 +426,16 @@ def test_sparse_gradients_are_refused_with_a_clear_error():
 
 
 def test_reused_steps_compute_no_decrease_terms(monkeypatch):
-    import autostep.optim.sls as sls_module
+    import autostep.optim._adam_direction as direction_module
 
     calls = {"n": 0}
-    real = sls_module.decrease_terms
+    real = direction_module.decrease_terms
 
     def counting(*a, **k):
         calls["n"] += 1
         return real(*a, **k)
 
-    monkeypatch.setattr(sls_module, "decrease_terms", counting)
+    monkeypatch.setattr(direction_module, "decrease_terms", counting)
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(20))
     target = torch.randn(20)

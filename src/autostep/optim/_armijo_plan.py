@@ -20,9 +20,10 @@ import torch
 from .._closure import ClosureEvaluator
 from .._line import Line, axpy_
 from ..distributed import locals_
-from ._adam import dots
+from ._adam import dots, sq_norms
 
-__all__ = ["Plan", "Segment", "Segments", "decrease_terms", "slopes"]
+__all__ = ["Plan", "Segment", "Segments", "decrease_terms", "flat_weights", "slopes",
+           "sq_norm_terms"]
 
 
 @dataclass
@@ -105,6 +106,24 @@ def decrease_terms(line: Optional[Line], xs: list, ys: list, dens: Optional[list
         if weights is not None:
             torch._foreach_mul_(flat, list(weights))
     return line.scratch_sums()
+
+
+def _stack(ts: list) -> torch.Tensor | None:
+    """One 1-d tensor of 0-d tensors (on the first one's device), or ``None`` for no tensors."""
+    if not ts:
+        return None
+    return torch.stack([t.to(ts[0].device) for t in ts])
+
+
+def sq_norm_terms(segs: list[Segment], reducer) -> torch.Tensor | None:
+    """``||g||^2`` per segment (the SGD direction's decrease term), left on the device; local sums
+    weighted for sharded parameters (``Reducer.weights``: the rank average is the global sum)."""
+    return _stack([sq_norms(sg.grads, reducer.weights(sg.params)) for sg in segs])
+
+
+def flat_weights(segs: list[Segment], reducer) -> list | None:
+    """``Reducer.weights`` of every segment's parameters, in one flat list (``None``: all 1)."""
+    return reducer.weights([p for sg in segs for p in sg.params])
 
 
 def _on_cpu(buf: list) -> bool:

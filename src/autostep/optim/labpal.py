@@ -13,14 +13,15 @@ import torch
 from .._closure import NonFiniteLossError
 from . import _parabola as P
 from . import _validate as V
+from ._docs import PARABOLIC_DOC
 from ._labpal_direction import DirectionWindows
 from ._labpal_phases import Phases
-from .pal import CLOSURE_DOC, _LineOptimizer
+from ._parabolic_base import ParabolicOptimizer
 
 __all__ = ["LABPAL"]
 
 
-class LABPAL(Phases, DirectionWindows, _LineOptimizer):
+class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
     __doc__ = """Large-batch parabolic approximation line search (LABPAL&SGD, LABPAL&NSGD).
 
     The optimizer alternates between two phases; **every** ``step(closure)`` call consumes one
@@ -110,7 +111,7 @@ class LABPAL(Phases, DirectionWindows, _LineOptimizer):
         bit-for-bit.  :attr:`forwards`, :attr:`backwards`, :attr:`trials`, :attr:`steps`,
         :attr:`updates`, :attr:`estimates`, :attr:`failed_fits`; :attr:`last_step` describes the
         last call (and ``last_step["fit"]`` the last fit when the call ended a phase).
-    """ + CLOSURE_DOC
+    """ + PARABOLIC_DOC
 
     _state_keys = ("direction", "momentum_buffer", "win")
     _shared = ("mode", "alpha", "approx_batches", "reuse_steps", "sample_step", "max_step",

@@ -8,13 +8,14 @@ import math
 
 import torch
 
+from ._adam_direction import AdamDirection
 from ._armijo import ArmijoOptimizer, Plan, Segment
-from .sls import _COMMON_DOC, _AdamDirection
+from ._docs import ARMIJO_DOC
 
 __all__ = ["PLASLS"]
 
 
-class PLASLS(_AdamDirection, ArmijoOptimizer):
+class PLASLS(AdamDirection, ArmijoOptimizer):
     __doc__ = """Per-layer Armijo line search (PLASLS, the slides' "Adapt learning rates per layer").
 
     Every layer ``l`` has its own step size ``eta^(l)`` and its own Armijo condition
@@ -46,7 +47,7 @@ class PLASLS(_AdamDirection, ArmijoOptimizer):
             the Armijo constant of Adam + SLS).
         backtrack (0.9), growth_steps (500), reset, reset_every, min_lr, max_trials: as :class:`SLS`.
         max_lr (1.0), betas ((0.9, 0.999)), eps (1e-8): as :class:`AdamSLS`.
-    """ + _COMMON_DOC
+    """ + ARMIJO_DOC
 
     _per_segment = True
 

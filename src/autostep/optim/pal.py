@@ -9,93 +9,22 @@ the exact directional derivative from the gradient, a parabola through ``l(0)``,
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Callable, Optional
 
 import torch
 
-from .._closure import ClosureEvaluator, NonFiniteLossError, unscale_grads
+from .._closure import NonFiniteLossError, unscale_grads
 from .._line import Line
 from . import _parabola as P
 from . import _validate as V
 from ._adam import dot_float, sq_norm_float
-from ._optimizer import AutostepOptimizer
+from ._docs import PARABOLIC_DOC
+from ._parabolic_base import ParabolicOptimizer
 
 __all__ = ["PAL"]
 
 
-CLOSURE_DOC = """
-    Closure contract
-        ``step(closure)``: the closure computes and returns the mini-batch loss as a scalar tensor; it
-        must not call ``backward()`` or ``zero_grad()``.  The optimizer calls it with grad enabled
-        and back-propagates itself (or, where a call only measures, once under ``torch.no_grad()``),
-        then once per trial point under ``torch.no_grad()``, replaying the same random numbers
-        (dropout masks) and restoring module buffers (BatchNorm statistics) after each trial, so only
-        the first evaluation of a call changes buffers.  ``step`` returns the loss at the start point
-        of the call (detached).
-
-    Faults
-        A NaN/inf start loss or gradient skips the call before anything changes (counted in
-        ``skipped_steps`` and ``nonfinite_steps``, with a ``RuntimeWarning``).  A call that raises
-        (an exception or ``KeyboardInterrupt`` in the closure) leaves the optimizer, ``.grad``,
-        module buffers and the random generators as they were before it.
-"""
-
-
-class _LineOptimizer(AutostepOptimizer):
-    """Shared plumbing of PAL and LABPAL on top of :class:`AutostepOptimizer`."""
-
-    def _with_grad(self) -> list[list]:
-        return [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
-
-    def _group_added(self, group: dict) -> None:
-        # what the optimizer last wrote / was given, to tell writes from outside (schedulers)
-        group.setdefault("applied_lr", group["lr"])
-        group.setdefault("applied_momentum", group["momentum"])
-
-    def _warn_external_writes(self) -> None:
-        """Warn (once per optimizer and key) when a scheduler or the user wrote ``lr`` or
-        ``momentum`` between steps: ``lr`` is a read-out here and the write has no effect;
-        a ``momentum`` write (``OneCycleLR(cycle_momentum=True)``) is used, but rarely meant."""
-        name = type(self).__name__
-        for group in self.param_groups:
-            if group["lr"] != group["applied_lr"] and not self._warned.get("lr"):
-                self._warned["lr"] = True
-                warnings.warn(
-                    f"{name}: param_groups[...]['lr'] was set to {group['lr']!r} from outside (an LR "
-                    f"scheduler?). {name} computes its own step size; lr is a read-out of it and the "
-                    "written value is ignored. Remove the scheduler (or use an Armijo-family "
-                    "optimizer, where a scheduler caps the step size).",
-                    RuntimeWarning, stacklevel=3)
-            if group["momentum"] != group["applied_momentum"] and not self._warned.get("momentum"):
-                self._warned["momentum"] = True
-                warnings.warn(
-                    f"{name}: param_groups[...]['momentum'] was changed from "
-                    f"{group['applied_momentum']!r} to {group['momentum']!r} between steps "
-                    "(OneCycleLR with cycle_momentum=True does this); the new value is used. Pass "
-                    "cycle_momentum=False if that is not what you want.",
-                    RuntimeWarning, stacklevel=3)
-            group["applied_momentum"] = group["momentum"]
-
-    def _note_written_lr(self) -> None:
-        for group in self.param_groups:
-            group["applied_lr"] = group["lr"]
-
-    @property
-    def _warned(self) -> dict:
-        w = self.__dict__.get("_external_warned")
-        if w is None:
-            w = self.__dict__["_external_warned"] = {}
-        return w
-
-    @property
-    def step_size(self) -> float:
-        """Length of the last update along the unit direction, 0 before the first (PAL: ``s_upd``;
-        LABPAL ``"nsgd"``: the reused step; ``"sgd"``: the estimated ``alpha * s_min``)."""
-        return self._ls["step_size"]
-
-
-class PAL(_LineOptimizer):
+class PAL(ParabolicOptimizer):
     __doc__ = """Parabolic approximation line search on the mini-batch loss (PAL).
 
     Each ``step(closure)``:
@@ -139,7 +68,7 @@ class PAL(_LineOptimizer):
     Counters: :attr:`forwards` (2 per step), :attr:`backwards` (1), :attr:`trials` (1, 0 when
     ``||d|| = 0``), :attr:`steps`, :attr:`skipped_steps`; details of the last step in
     :attr:`last_step`; :attr:`step_size` is the last ``s_upd``.
-    """ + CLOSURE_DOC
+    """ + PARABOLIC_DOC
 
     _shared = ("measuring_step", "alpha", "max_step")
     _state_keys = ("momentum_buffer",)

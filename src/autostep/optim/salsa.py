@@ -7,8 +7,10 @@ from typing import Optional
 import torch
 
 from . import _validate as V
+from ._adam_direction import AdamDirection
 from ._armijo import ArmijoOptimizer, Plan, Segment, decrease_terms
-from .sls import _COMMON_DOC, _AdamDirection, _flat_weights, _sq_norm_terms
+from ._armijo_plan import flat_weights, sq_norm_terms
+from ._docs import ARMIJO_DOC
 
 __all__ = ["SALSA", "ALSALS"]
 
@@ -50,7 +52,7 @@ class _Smoothed(ArmijoOptimizer):
                 "s": [bias_corrected(s, beta, n) for s in ls["s_ema"]], "count": n}
 
 
-class SALSA(_AdamDirection, _Smoothed):
+class SALSA(AdamDirection, _Smoothed):
     __doc__ = """Smoothed Armijo line search (SALSA, the slides' eq. 3-5).
 
     The decrease ``h_k = f(w) - f(w - eta d)`` and the sufficient-decrease term ``s_k`` are replaced
@@ -81,7 +83,7 @@ class SALSA(_AdamDirection, _Smoothed):
             paper's 2**(1/500) so that one forward per step is the common case).
         max_lr (1.0), betas ((0.9, 0.999)), eps (1e-8): as :class:`AdamSLS`.
         amortize (0): see below.
-    """ + _AMORTIZE_DOC + _COMMON_DOC
+    """ + _AMORTIZE_DOC + ARMIJO_DOC
 
     _shared = ("max_trials", "smooth", "amortize", "direction")
 
@@ -106,11 +108,11 @@ class SALSA(_AdamDirection, _Smoothed):
     def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
         if self.param_groups[0]["direction"] == "sgd":
             return Plan(search=[sg.grads for sg in segs],
-                        s=_sq_norm_terms(segs, self.reducer) if need_s else None)
+                        s=sq_norm_terms(segs, self.reducer) if need_s else None)
         return self._plan_precond(segs, need_s, line)
 
 
-class ALSALS(_AdamDirection, _Smoothed):
+class ALSALS(AdamDirection, _Smoothed):
     __doc__ = """Armijo along the actual Adam direction with the momentum-aware decrease term (ALSALS).
 
     ALSALS paper eq. 6-9.  The search direction is Adam's real update direction, momentum included,
@@ -139,7 +141,7 @@ class ALSALS(_AdamDirection, _Smoothed):
         smooth (0.0), amortize (0): see above and below.
         backtrack (0.9), growth_steps (500), reset, reset_every, min_lr, max_trials: as :class:`SLS`.
         max_lr (1.0), betas ((0.9, 0.999)), eps (1e-8): as :class:`AdamSLS`.
-    """ + _AMORTIZE_DOC + _COMMON_DOC
+    """ + _AMORTIZE_DOC + ARMIJO_DOC
 
     _momentum_aware = True
 
@@ -176,7 +178,7 @@ class ALSALS(_AdamDirection, _Smoothed):
                 torch._foreach_div_(d, mo.bc1)
             search.append(d)
         s = (decrease_terms(line, [sg.grads for sg in segs], search, None,
-                            _flat_weights(segs, self.reducer)) if need_s else None)
+                            flat_weights(segs, self.reducer)) if need_s else None)
         # exact_zero is asked only where the (global) s_j is 0, so every rank asks alike
         return Plan(search=search, s=s, moments=moments,
                     exact_zero=lambda j: not self.reducer.any_nonzero(search[j]))

@@ -1,0 +1,69 @@
+"""The Adam direction shared by AdamSLS, SALSA, ALSALS and PLASLS (the :class:`AdamDirection`
+mixin): provisional Adam moments per segment, the beta1 = 0 search direction with the
+preconditioned gradient norm, and the momentum update applied with the accepted step size."""
+
+from __future__ import annotations
+
+import torch
+
+from . import _validate as V
+from ._adam import AdamMoments, init_adam_state
+from ._armijo_plan import Plan, Segment, decrease_terms, flat_weights
+
+__all__ = ["AdamDirection"]
+
+
+class AdamDirection:
+    """Mixin: Adam moments, the beta1 = 0 search direction and the momentum final update."""
+
+    _state_keys = ("step", "exp_avg", "exp_avg_sq")
+
+    def _validate_adam(self, group: dict) -> None:
+        V.betas("betas", group["betas"])
+        V.positive("eps", group["eps"])
+
+    @torch.no_grad()
+    def _init_state(self) -> None:
+        if self.param_groups[0].get("direction", "adam") != "adam":
+            return
+        for group in self.param_groups:
+            for p in self._params_with_grad(group):
+                init_adam_state(self.state[p], p)
+
+    def _moments(self, segs: list[Segment]) -> tuple[list, list]:
+        """Provisional Adam moments and denominators of every segment, one foreach pass per param
+        group (PLASLS's layers of a group share it).  Returns (moments per group, denom per segment)."""
+        by_group: dict[int, list[int]] = {}
+        for j, sg in enumerate(segs):
+            by_group.setdefault(id(sg.group), []).append(j)
+        moments, dens = [], [None] * len(segs)
+        for idx in by_group.values():
+            g = segs[idx[0]].group
+            mo = AdamMoments(self.state, [p for j in idx for p in segs[j].params],
+                             [t for j in idx for t in segs[j].grads], tuple(g["betas"]), g["eps"])
+            if getattr(self, "_commit_now", False):
+                mo.commit()
+            d = mo.denom()
+            pos = 0
+            for j in idx:
+                n = len(segs[j].params)
+                dens[j] = (d[pos:pos + n], mo, pos)
+                pos += n
+            moments.append(mo)
+        return moments, dens
+
+    def _plan_precond(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
+        """Search along g / denom (Adam with beta1 = 0), update along m_hat / denom."""
+        moments, dens = self._moments(segs)
+        search, final, bc1s = [], [], []
+        for sg, (den, mo, pos) in zip(segs, dens):
+            n = len(sg.params)
+            search.append((sg.grads, den))
+            final.append((mo.ms[pos:pos + n], den))
+            bc1s.append(mo.bc1[pos:pos + n])
+        s = None
+        if need_s:
+            s = decrease_terms(line, [sg.grads for sg in segs], [sg.grads for sg in segs],
+                               [d for d, _, _ in dens], flat_weights(segs, self.reducer))
+        return Plan(search=search, s=s, final=final, moments=moments,
+                    final_scale=lambda j, eta: [eta / b for b in bc1s[j]])

@@ -1,0 +1,65 @@
+"""The base of PAL and LABPAL (:class:`ParabolicOptimizer`): ``lr`` is a read-out of the step
+they compute, so a value written into it from outside (an LR scheduler) is reported; a
+``momentum`` written between steps is used, and reported too; :attr:`step_size` reads the
+length of the last update."""
+
+from __future__ import annotations
+
+import warnings
+
+from ._optimizer import AutostepOptimizer
+
+__all__ = ["ParabolicOptimizer"]
+
+
+class ParabolicOptimizer(AutostepOptimizer):
+    """Shared plumbing of PAL and LABPAL on top of :class:`AutostepOptimizer`."""
+
+    def _with_grad(self) -> list[list]:
+        return [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
+
+    def _group_added(self, group: dict) -> None:
+        # what the optimizer last wrote / was given, to tell writes from outside (schedulers)
+        group.setdefault("applied_lr", group["lr"])
+        group.setdefault("applied_momentum", group["momentum"])
+
+    def _warn_external_writes(self) -> None:
+        """Warn (once per optimizer and key) when a scheduler or the user wrote ``lr`` or
+        ``momentum`` between steps: ``lr`` is a read-out here and the write has no effect;
+        a ``momentum`` write (``OneCycleLR(cycle_momentum=True)``) is used, but rarely meant."""
+        name = type(self).__name__
+        for group in self.param_groups:
+            if group["lr"] != group["applied_lr"] and not self._warned.get("lr"):
+                self._warned["lr"] = True
+                warnings.warn(
+                    f"{name}: param_groups[...]['lr'] was set to {group['lr']!r} from outside (an LR "
+                    f"scheduler?). {name} computes its own step size; lr is a read-out of it and the "
+                    "written value is ignored. Remove the scheduler (or use an Armijo-family "
+                    "optimizer, where a scheduler caps the step size).",
+                    RuntimeWarning, stacklevel=3)
+            if group["momentum"] != group["applied_momentum"] and not self._warned.get("momentum"):
+                self._warned["momentum"] = True
+                warnings.warn(
+                    f"{name}: param_groups[...]['momentum'] was changed from "
+                    f"{group['applied_momentum']!r} to {group['momentum']!r} between steps "
+                    "(OneCycleLR with cycle_momentum=True does this); the new value is used. Pass "
+                    "cycle_momentum=False if that is not what you want.",
+                    RuntimeWarning, stacklevel=3)
+            group["applied_momentum"] = group["momentum"]
+
+    def _note_written_lr(self) -> None:
+        for group in self.param_groups:
+            group["applied_lr"] = group["lr"]
+
+    @property
+    def _warned(self) -> dict:
+        w = self.__dict__.get("_external_warned")
+        if w is None:
+            w = self.__dict__["_external_warned"] = {}
+        return w
+
+    @property
+    def step_size(self) -> float:
+        """Length of the last update along the unit direction, 0 before the first (PAL: ``s_upd``;
+        LABPAL ``"nsgd"``: the reused step; ``"sgd"``: the estimated ``alpha * s_min``)."""
+        return self._ls["step_size"]
