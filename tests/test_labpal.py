@@ -232,3 +232,19 @@ def test_deepcopy_midphase_and_nsgd_trains_digits():
     assert opt.estimates == 1 and opt.updates == 51 + 15 + 7  # k = 1, 2, 4
     model2, opt2 = copy.deepcopy((pb.model, opt))
     assert opt2._ls == opt._ls
+
+
+@pytest.mark.parametrize("noise_factor, momentum", [(2.0, 0.0), (1.0, 0.5), (1.0, 0.0)])
+def test_a_parameter_without_gradient_gets_no_state(noise_factor, momentum):
+    # the class docstring: "Parameters whose grad is None are not moved and get no state"; the
+    # window bookkeeping used to create an empty entry for them (and save it in state_dict)
+    torch.manual_seed(0)
+    w, unused = torch.nn.Parameter(torch.randn(5)), torch.nn.Parameter(torch.randn(3))
+    before = unused.detach().clone()
+    opt = LABPAL([w, unused], noise_factor=noise_factor, approx_batches=2, reuse_steps=3,
+                 momentum=momentum)
+    for _ in range(12):
+        opt.step(lambda: ((w - 1.0) ** 2).sum())
+    assert opt.updates > 0
+    assert unused not in opt.state and len(opt.state_dict()["state"]) == 1
+    assert torch.equal(unused.detach(), before)

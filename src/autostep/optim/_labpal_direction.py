@@ -18,8 +18,9 @@ class DirectionWindows:
 
     def _members(self) -> list[list]:
         """Per group, the parameters that received a gradient in the current window."""
-        w = self._ls["window"]
-        return [[p for p in g["params"] if self.state[p].get("win") == w] if self.state else []
+        w, state = self._ls["window"], self.state
+        # state.get: a parameter without a gradient gets no (empty) state entry
+        return [[p for p in g["params"] if p in state and state[p].get("win") == w]
                 for g in self.param_groups]
 
     def _accumulate(self, new_window: bool) -> None:

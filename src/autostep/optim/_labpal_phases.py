@@ -127,27 +127,20 @@ class Phases:
         if start:
             ls["k"] = k
             ls["window"] += 1
-        if k > 1:
+        # the gradients go through the direction buffers when they are averaged or feed momentum
+        buffered = k > 1 or any(g["momentum"] > 0 for g in self.param_groups)
+        if buffered:
             self._accumulate(new_window=start)
         ls["pos"] += 1
         if ls["pos"] < k:
             return info
         ls["pos"] = 0
-        if k > 1:
+        if buffered:
             members = self._members()
             dirs = self._finish_direction(members, k)
         else:
             members = self._with_grad()
-            if any(g["momentum"] > 0 for g in self.param_groups):
-                ls_w = ls["window"]
-                for ps in members:
-                    for p in ps:
-                        st = self.state[p]
-                        st["direction"] = p.grad.detach().clone()
-                        st["win"] = ls_w
-                dirs = self._finish_direction(members, 1)
-            else:
-                dirs = [[p.grad for p in ps] for ps in members]
+            dirs = [[p.grad for p in ps] for ps in members]
         if g0["mode"] == "sgd":
             lr = ls["est_lr"]
             length = math.nan  # ||d_t|| is not computed in SGD mode (it costs a reduction)
