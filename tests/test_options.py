@@ -134,3 +134,35 @@ def test_pal_labpal_warn_when_a_scheduler_writes_lr_or_momentum(cls):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         opt.step(_closure(m, X, Y))  # the optimizer's own writes do not warn
+
+
+ALL_CLASSES = [autostep.SLS, autostep.AdamSLS, autostep.SALSA, autostep.ALSALS, autostep.PLASLS,
+               PAL, LABPAL]
+#: torch.optim's order of the arguments it shares with ours
+TORCH_ORDER = ["betas", "eps", "momentum", "weight_decay", "max_grad_norm"]
+
+
+@pytest.mark.parametrize("cls", ALL_CLASSES, ids=lambda c: c.__name__)
+def test_constructors_follow_torch_optim(cls):
+    # params and lr positional, everything else keyword-only, torch's arguments first, in its order
+    import inspect
+
+    ps = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    assert [p.name for p in ps[:2]] == ["params", "lr"]
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in ps[:2])
+    rest = [p for p in ps[2:] if p.name not in ("sample_step",)]  # deprecated names ride along
+    assert all(p.kind is p.KEYWORD_ONLY for p in rest)
+    names = [p.name for p in rest]
+    shared = [n for n in names if n in TORCH_ORDER]
+    assert shared == sorted(shared, key=TORCH_ORDER.index)
+    assert names[:len(shared)] == shared  # then the method's own
+    w = nn.Parameter(torch.zeros(2))
+    with pytest.raises(TypeError):
+        cls([w], 0.1, 0.5)  # a third positional argument
+
+
+def test_adamsls_and_plasls_share_one_constructor():
+    from autostep.optim._adam_direction import AdamArmijo
+
+    assert "__init__" not in vars(autostep.AdamSLS) and "__init__" not in vars(autostep.PLASLS)
+    assert issubclass(autostep.AdamSLS, AdamArmijo) and issubclass(autostep.PLASLS, AdamArmijo)

@@ -4,13 +4,16 @@ preconditioned gradient norm, and the momentum update applied with the accepted 
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
 from . import _validate as V
 from ._adam import AdamMoments, init_adam_state
+from ._armijo import ArmijoOptimizer
 from ._armijo_plan import Plan, Segment, decrease_terms, flat_weights
 
-__all__ = ["AdamDirection"]
+__all__ = ["AdamDirection", "AdamArmijo"]
 
 
 class AdamDirection:
@@ -67,3 +70,27 @@ class AdamDirection:
                                [d for d, _, _ in dens], flat_weights(segs, self.reducer))
         return Plan(search=search, s=s, final=final, moments=moments,
                     final_scale=lambda j, eta: [eta / b for b in bc1s[j]])
+
+
+class AdamArmijo(AdamDirection, ArmijoOptimizer):
+    """The constructor, checks and plan that :class:`~autostep.AdamSLS` and
+    :class:`~autostep.PLASLS` share: Armijo searched along Adam with beta1 = 0, the update applied
+    with momentum.  Arguments as torch.optim: ``params``, ``lr``, then keyword-only ``betas``,
+    ``eps``, ``weight_decay``, ``max_grad_norm`` and the search's own (see the subclasses)."""
+
+    def __init__(self, params, lr: float = 0.1, *, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None,
+                 c: float = 0.1, backtrack: float = 0.9, growth_steps: float = 500,
+                 reset: str = "growth", reset_every: int = 300, max_lr: float = 1.0,
+                 min_lr: float = 1e-10, max_trials: int = 50):
+        super().__init__(params, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+            c=c, backtrack=backtrack, growth_steps=growth_steps, reset=reset,
+            reset_every=reset_every, max_lr=max_lr, min_lr=min_lr, max_trials=max_trials))
+
+    def _validate_group(self, group: dict) -> None:
+        super()._validate_group(group)
+        self._validate_adam(group)
+
+    def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
+        return self._plan_precond(segs, need_s, line)

@@ -96,22 +96,9 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
         V.positive_int("reset_every", group["reset_every"])
 
     def _validate_loaded_group(self, index: int, group: dict) -> None:
-        """The search's own step size (and PLASLS's layers) of a loaded group."""
+        """The search's own step size of a loaded group."""
         if "step_size" in group:
             V.nonnegative(f"param group {index} step_size", group["step_size"])
-        layers, lrs = group.get("layers"), group.get("layer_lrs")
-        if layers is None and lrs is None:
-            return
-        n = len(group["params"])
-        if not isinstance(layers, list) or not isinstance(lrs, list) or len(layers) != len(lrs):
-            raise ValueError(f"param group {index}: 'layers' and 'layer_lrs' must be lists of the "
-                             f"same length, got {layers!r} and {lrs!r}")
-        flat = sorted(i for idx in layers for i in idx)
-        if flat != list(range(n)):
-            raise ValueError(f"param group {index}: 'layers' must split the group's {n} parameters "
-                             f"into layers, got {layers!r}")
-        for j, e in enumerate(lrs):
-            V.positive(f"param group {index} layer_lrs[{j}]", e)
 
     # ------------------------------------------------------------------ public read-outs
     @property
@@ -275,7 +262,7 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
                     # nothing about larger steps; a search restarted from the cap would collapse
                     # during a warm-up)
                     own = eta if st == fr or st <= 0 else eta * fr / st
-                    self._set_eta(sg, min(max(own, sg.group["min_lr"]), sg.group["max_lr"]))
+                    sg.eta = min(max(own, sg.group["min_lr"]), sg.group["max_lr"])
                 self._publish_lr(segs, etas)
                 if accepted:
                     # steps whose first-order decrease is below the loss's float rounding move

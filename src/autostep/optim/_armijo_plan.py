@@ -28,20 +28,21 @@ __all__ = ["Plan", "Segment", "Segments", "decrease_terms", "flat_weights", "slo
 
 @dataclass
 class Segment:
-    """Parameters that share one step size: a param group, or one layer of a group (PLASLS)."""
+    """Parameters that share one step size: a param group (PLASLS's layers are
+    :class:`~autostep.optim.layerwise.LayerSegment`)."""
 
     group: dict
     params: list  # parameters of the segment that have a gradient this step
     grads: list
-    name: str = ""
-    layer: Optional[int] = None  # index into group["layer_lrs"] for per-layer step sizes
 
     @property
     def eta(self) -> float:
         """The search's own step size (before any scheduler cap)."""
-        if self.layer is None:
-            return self.group["step_size"]
-        return self.group["layer_lrs"][self.layer]
+        return self.group["step_size"]
+
+    @eta.setter
+    def eta(self, value: float) -> None:
+        self.group["step_size"] = value
 
 
 @dataclass

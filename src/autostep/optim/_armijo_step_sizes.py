@@ -64,13 +64,6 @@ class StepSizes:
             qs.append(min(1.0, cap / gm) if gm > 0 else 1.0)
         return qs
 
-    def _set_eta(self, seg: Segment, eta: float) -> None:
-        """Store the search's own step size of a segment."""
-        if seg.layer is None:
-            seg.group["step_size"] = eta
-        else:
-            seg.group["layer_lrs"][seg.layer] = eta
-
     def _publish_lr(self, segs: list[Segment], applied: list[float]) -> None:
         """``group["lr"]``: the step size applied this step (geometric mean over a group's layers)."""
         logs: dict = {}

@@ -117,12 +117,12 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
     _shared = ("mode", "alpha", "approx_batches", "reuse_steps", "sample_step", "max_step",
                "total_steps", "noise_factor")
 
-    def __init__(self, params, mode: str = "sgd", alpha: float = 1.8, approx_batches: int = 10,
-                 reuse_steps: int = 1000, sample_step: float = 0.01, max_step: float = 1.0,
-                 momentum: float = 0.0, total_steps: Optional[int] = None,
+    def __init__(self, params, lr: float = 0.0, *, momentum: float = 0.0, weight_decay: float = 0.0,
+                 max_grad_norm: Optional[float] = None, mode: str = "sgd", alpha: float = 1.8,
+                 approx_batches: int = 10, reuse_steps: int = 1000, sample_step: float = 0.01,
+                 max_step: float = 1.0, total_steps: Optional[int] = None,
                  noise_factor: Optional[float] = None, dataset_size: Optional[int] = None,
-                 batch_size: Optional[int] = None, lr: float = 0.0,
-                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
+                 batch_size: Optional[int] = None):
         if noise_factor is not None and (dataset_size is not None or batch_size is not None):
             raise ValueError("give either noise_factor or dataset_size and batch_size, not both")
         if (dataset_size is None) != (batch_size is None):
@@ -135,10 +135,11 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
             noise_factor = 1.0
         if isinstance(mode, str):
             mode = mode.lower()
-        defaults = dict(lr=lr, mode=mode, alpha=alpha, approx_batches=approx_batches,
-                        reuse_steps=reuse_steps, sample_step=sample_step, max_step=max_step,
-                        momentum=momentum, total_steps=total_steps, noise_factor=noise_factor)
-        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        max_grad_norm=max_grad_norm, mode=mode, alpha=alpha,
+                        approx_batches=approx_batches, reuse_steps=reuse_steps,
+                        sample_step=sample_step, max_step=max_step, total_steps=total_steps,
+                        noise_factor=noise_factor)
         ls = {
             "step": 0, "forwards": 0, "backwards": 0, "trials": 0, "updates": 0,
             "estimates": 0, "failed_fits": 0,

@@ -2,20 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import math
+from dataclasses import dataclass
 
-import torch
-
-from ._adam_direction import AdamDirection
-from ._armijo import ArmijoOptimizer, Plan, Segment
+from . import _validate as V
+from ._adam_direction import AdamArmijo
+from ._armijo import Segment
 from ._docs import ARMIJO_DOC
 
-__all__ = ["PLASLS"]
+__all__ = ["PLASLS", "LayerSegment"]
 
 
-class PLASLS(AdamDirection, ArmijoOptimizer):
+@dataclass
+class LayerSegment(Segment):
+    """One layer of a param group, with its own step size ``group["layer_lrs"][layer]``."""
+
+    name: str = ""
+    layer: int = 0  # index into group["layer_lrs"] (and group["layers"], group["layer_names"])
+
+    @property
+    def eta(self) -> float:
+        """The layer's own step size (before any scheduler cap)."""
+        return self.group["layer_lrs"][self.layer]
+
+    @eta.setter
+    def eta(self, value: float) -> None:
+        self.group["layer_lrs"][self.layer] = value
+
+
+class PLASLS(AdamArmijo):
     __doc__ = """Per-layer Armijo line search (PLASLS, the slides' "Adapt learning rates per layer").
 
     Every layer ``l`` has its own step size ``eta^(l)`` and its own Armijo condition
@@ -51,21 +66,6 @@ class PLASLS(AdamDirection, ArmijoOptimizer):
 
     _per_segment = True
 
-    def __init__(self, params, lr: float = 0.1, c: float = 0.1, backtrack: float = 0.9,
-                 growth_steps: float = 500, reset: str = "growth", reset_every: int = 300,
-                 max_lr: float = 1.0, min_lr: float = 1e-10, max_trials: int = 50,
-                 betas: tuple = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
-        defaults = dict(lr=lr, c=c, backtrack=backtrack, growth_steps=growth_steps, reset=reset,
-                        reset_every=reset_every, max_lr=max_lr, min_lr=min_lr,
-                        max_trials=max_trials, betas=betas, eps=eps)
-        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
-        super().__init__(params, defaults)
-
-    def _validate_group(self, group: dict) -> None:
-        super()._validate_group(group)
-        self._validate_adam(group)
-
     def _group_added(self, group: dict) -> None:
         super()._group_added(group)
         # the partition is fixed at the first step; the keys exist from the start so that a fresh
@@ -73,6 +73,23 @@ class PLASLS(AdamDirection, ArmijoOptimizer):
         # checkpoints load only the keys the target already has)
         for key in ("layers", "layer_names", "layer_lrs"):
             group.setdefault(key, None)
+
+    def _validate_loaded_group(self, index: int, group: dict) -> None:
+        """The layers of a loaded group and their step sizes."""
+        super()._validate_loaded_group(index, group)
+        layers, lrs = group.get("layers"), group.get("layer_lrs")
+        if layers is None and lrs is None:
+            return
+        n = len(group["params"])
+        if not isinstance(layers, list) or not isinstance(lrs, list) or len(layers) != len(lrs):
+            raise ValueError(f"param group {index}: 'layers' and 'layer_lrs' must be lists of the "
+                             f"same length, got {layers!r} and {lrs!r}")
+        flat = sorted(i for idx in layers for i in idx)
+        if flat != list(range(n)):
+            raise ValueError(f"param group {index}: 'layers' must split the group's {n} parameters "
+                             f"into layers, got {layers!r}")
+        for j, e in enumerate(lrs):
+            V.positive(f"param group {index} layer_lrs[{j}]", e)
 
     # ------------------------------------------------------------------ layers
     def _partition(self, group: dict, modules: list) -> tuple[list, list]:
@@ -99,7 +116,7 @@ class PLASLS(AdamDirection, ArmijoOptimizer):
                 out_names.append(f"{len(out) - 1}:param{i}")
         return out, out_names
 
-    def _segments(self, ev) -> list[Segment]:
+    def _segments(self, ev) -> list[LayerSegment]:
         segs = []
         for gi, group in enumerate(self.param_groups):
             if group.get("layers") is None:
@@ -111,7 +128,7 @@ class PLASLS(AdamDirection, ArmijoOptimizer):
                 group["layer_lrs"] = [group["step_size"]] * len(layers)
             for li, idx in enumerate(group["layers"]):
                 ps = [group["params"][i] for i in idx if group["params"][i].grad is not None]
-                segs.append(Segment(group, ps, [p.grad for p in ps], group["layer_names"][li], li))
+                segs.append(LayerSegment(group, ps, [p.grad for p in ps], group["layer_names"][li], li))
         if self.reducer.sharded:
             # a rank may hold no gradient of a layer (FSDP1 use_orig_params): every rank keeps every
             # layer, so that all reduce the same list of sums (an empty layer contributes 0)
@@ -133,7 +150,3 @@ class PLASLS(AdamDirection, ArmijoOptimizer):
             for n, e in zip(group.get("layer_names") or [], group.get("layer_lrs") or []):
                 out[n] = e
         return out
-
-    @torch.no_grad()
-    def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
-        return self._plan_precond(segs, need_s, line)

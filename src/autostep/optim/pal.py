@@ -73,12 +73,12 @@ class PAL(ParabolicOptimizer):
     _shared = ("measuring_step", "alpha", "max_step")
     _state_keys = ("momentum_buffer",)
 
-    def __init__(self, params, measuring_step: float = 0.1, alpha: float = 1.66,
-                 max_step: float = 3.16, momentum: float = 0.0, lr: float = 0.0,
-                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
-        defaults = dict(lr=lr, measuring_step=measuring_step, alpha=alpha, max_step=max_step,
-                        momentum=momentum)
-        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+    def __init__(self, params, lr: float = 0.0, *, momentum: float = 0.0, weight_decay: float = 0.0,
+                 max_grad_norm: Optional[float] = None, measuring_step: float = 0.1,
+                 alpha: float = 1.66, max_step: float = 3.16):
+        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        max_grad_norm=max_grad_norm, measuring_step=measuring_step, alpha=alpha,
+                        max_step=max_step)
         ls = {"step": 0, "forwards": 0, "backwards": 0, "trials": 0, "skipped": 0,
               "step_size": 0.0}
         super().__init__(params, defaults, ls)

@@ -87,18 +87,17 @@ class SALSA(AdamDirection, _Smoothed):
 
     _shared = ("max_trials", "smooth", "amortize", "direction")
 
-    def __init__(self, params, lr: float = 0.1, c: float = 0.5, smooth: float = 0.9,
-                 direction: str = "adam", backtrack: float = 0.9, growth_steps: float = 500,
-                 reset: str = "growth", reset_every: int = 300, max_lr: float = 1.0,
-                 min_lr: float = 1e-10, max_trials: int = 50, betas: tuple = (0.9, 0.999),
-                 eps: float = 1e-8, amortize: int = 0,
-                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
-        defaults = dict(lr=lr, c=c, smooth=smooth, direction=direction, backtrack=backtrack,
-                        growth_steps=growth_steps, reset=reset, reset_every=reset_every,
-                        max_lr=max_lr, min_lr=min_lr, max_trials=max_trials, betas=betas,
-                        eps=eps, amortize=amortize)
-        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
-        super().__init__(params, defaults)
+    def __init__(self, params, lr: float = 0.1, *, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None, c: float = 0.5,
+                 smooth: float = 0.9, direction: str = "adam", backtrack: float = 0.9,
+                 growth_steps: float = 500, reset: str = "growth", reset_every: int = 300,
+                 max_lr: float = 1.0, min_lr: float = 1e-10, max_trials: int = 50,
+                 amortize: int = 0):
+        super().__init__(params, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+            c=c, smooth=smooth, direction=direction, backtrack=backtrack, growth_steps=growth_steps,
+            reset=reset, reset_every=reset_every, max_lr=max_lr, min_lr=min_lr,
+            max_trials=max_trials, amortize=amortize))
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
@@ -145,17 +144,16 @@ class ALSALS(AdamDirection, _Smoothed):
 
     _momentum_aware = True
 
-    def __init__(self, params, lr: float = 0.1, c: float = 0.6, smooth: float = 0.0,
-                 backtrack: float = 0.9, growth_steps: float = 500, reset: str = "growth",
-                 reset_every: int = 300, max_lr: float = 1.0, min_lr: float = 1e-10,
-                 max_trials: int = 50, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
-                 amortize: int = 0,
-                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
-        defaults = dict(lr=lr, c=c, smooth=smooth, backtrack=backtrack, growth_steps=growth_steps,
-                        reset=reset, reset_every=reset_every, max_lr=max_lr, min_lr=min_lr,
-                        max_trials=max_trials, betas=betas, eps=eps, amortize=amortize)
-        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
-        super().__init__(params, defaults)
+    def __init__(self, params, lr: float = 0.1, *, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None, c: float = 0.6,
+                 smooth: float = 0.0, backtrack: float = 0.9, growth_steps: float = 500,
+                 reset: str = "growth", reset_every: int = 300, max_lr: float = 1.0,
+                 min_lr: float = 1e-10, max_trials: int = 50, amortize: int = 0):
+        super().__init__(params, dict(
+            lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
+            c=c, smooth=smooth, backtrack=backtrack, growth_steps=growth_steps, reset=reset,
+            reset_every=reset_every, max_lr=max_lr, min_lr=min_lr, max_trials=max_trials,
+            amortize=amortize))
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 
-from ._adam_direction import AdamDirection
+from ._adam_direction import AdamArmijo
 from ._armijo import ArmijoOptimizer, Plan, Segment
 from ._armijo_plan import sq_norm_terms
 from ._docs import ARMIJO_DOC
@@ -37,21 +37,21 @@ class SLS(ArmijoOptimizer):
         max_trials (50): trial forwards per step at most.
     """ + ARMIJO_DOC
 
-    def __init__(self, params, lr: float = 1.0, c: float = 0.1, backtrack: float = 0.9,
+    def __init__(self, params, lr: float = 1.0, *, weight_decay: float = 0.0,
+                 max_grad_norm: Optional[float] = None, c: float = 0.1, backtrack: float = 0.9,
                  growth_steps: float = 500, reset: str = "growth", reset_every: int = 300,
-                 max_lr: float = 10.0, min_lr: float = 1e-10, max_trials: int = 50,
-                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
-        defaults = dict(lr=lr, c=c, backtrack=backtrack, growth_steps=growth_steps, reset=reset,
-                        reset_every=reset_every, max_lr=max_lr, min_lr=min_lr, max_trials=max_trials)
-        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
-        super().__init__(params, defaults)
+                 max_lr: float = 10.0, min_lr: float = 1e-10, max_trials: int = 50):
+        super().__init__(params, dict(
+            lr=lr, weight_decay=weight_decay, max_grad_norm=max_grad_norm, c=c, backtrack=backtrack,
+            growth_steps=growth_steps, reset=reset, reset_every=reset_every, max_lr=max_lr,
+            min_lr=min_lr, max_trials=max_trials))
 
     def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
         return Plan(search=[sg.grads for sg in segs],
                     s=sq_norm_terms(segs, self.reducer) if need_s else None)
 
 
-class AdamSLS(AdamDirection, ArmijoOptimizer):
+class AdamSLS(AdamArmijo):
     __doc__ = """Armijo line search with the Adam direction (Adam + SLS).
 
     ALSALS paper eq. 3-5 (after Vaswani et al. 2021): Adam's moments ``m, v`` are updated with the
@@ -79,21 +79,3 @@ class AdamSLS(AdamDirection, ArmijoOptimizer):
         max_lr (1.0): cap; an Adam-direction step of 1 moves every weight by about 1.
         betas ((0.9, 0.999)), eps (1e-8): Adam's.
     """ + ARMIJO_DOC
-
-    def __init__(self, params, lr: float = 0.1, c: float = 0.1, backtrack: float = 0.9,
-                 growth_steps: float = 500, reset: str = "growth", reset_every: int = 300,
-                 max_lr: float = 1.0, min_lr: float = 1e-10, max_trials: int = 50,
-                 betas: tuple = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, max_grad_norm: Optional[float] = None):
-        defaults = dict(lr=lr, c=c, backtrack=backtrack, growth_steps=growth_steps, reset=reset,
-                        reset_every=reset_every, max_lr=max_lr, min_lr=min_lr,
-                        max_trials=max_trials, betas=betas, eps=eps)
-        defaults.update(weight_decay=weight_decay, max_grad_norm=max_grad_norm)
-        super().__init__(params, defaults)
-
-    def _validate_group(self, group: dict) -> None:
-        super()._validate_group(group)
-        self._validate_adam(group)
-
-    def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
-        return self._plan_precond(segs, need_s, line)
