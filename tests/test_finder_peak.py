@@ -155,6 +155,7 @@ def test_cli_schedule_peak(capsys):
     assert spent <= 30
 
 
+@pytest.mark.slow  # multi-process: two worker processes
 def test_process_workers_give_the_sequential_peak():
     model, train, val = tiny(dropout=0.0, bn=False)
     batches = list(train)  # no randomness in the data order

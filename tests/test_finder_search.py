@@ -296,6 +296,7 @@ def test_thread_executor_gives_the_same_result_as_sequential():
     assert par.picks == seq.picks
 
 
+@pytest.mark.slow  # multi-process: two worker processes
 def test_process_executor_runs_trials_in_workers():
     model, train, val = tiny()
     before = snapshot(model)

@@ -118,6 +118,7 @@ def test_no_demo_fallback_and_no_file_by_default(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no lines.png written
 
 
+@pytest.mark.slow  # a fresh interpreter (import autostep and matplotlib there): ~3.5 s
 def test_plot_leaves_the_pyplot_backend_alone(tmp_path):
     import subprocess
     import sys
