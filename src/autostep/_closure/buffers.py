@@ -115,7 +115,7 @@ class ModelBuffers:
     def modules(self) -> list:
         """Modules of the models, those seen running first (in that order), then the rest."""
         out, seen = [], set()
-        for m in [r() for r in self._order] + [x for root in self.roots() for x in root.modules()]:
+        for m in [r() for r in self._order] + _walk(self.roots()):
             if m is not None and id(m) not in seen:
                 seen.add(id(m))
                 out.append(m)
@@ -181,7 +181,11 @@ class ModelBuffers:
         """Copy every buffer of the models (reusing the copies of the previous call)."""
         old = {id(b): s for _, _, b, s in self._items}
         items = []
-        for m in self.modules():
+        # every step: walked afresh (a buffer or submodule added or replaced between steps is
+        # seen), without the order of modules(), which only per-module grouping needs
+        for m in _walk(self.roots()):
+            if not m._buffers:
+                continue
             for name, buf in m._buffers.items():
                 if buf is None:
                     continue
@@ -197,6 +201,27 @@ class ModelBuffers:
     def restore(self) -> None:
         """Write the saved copies back (a no-op before :meth:`save`)."""
         restore_items(self._items)
+
+
+def _walk(roots: list) -> list:
+    """Every module of the trees under ``roots``, each once, in ``Module.modules()`` order.
+
+    The same modules as ``[x for r in roots for x in r.modules()]`` (deduplicated), walked over the
+    ``_modules`` dicts directly: no generator per module and no name prefixes, a few times faster
+    (it runs twice per step)."""
+    out: list = []
+    seen: set = set()
+    stack = list(reversed(roots))
+    while stack:
+        m = stack.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        out.append(m)
+        children = m._modules
+        if children:
+            stack.extend(c for c in reversed(children.values()) if c is not None)
+    return out
 
 
 def model_buffers(owner, params: Sequence[torch.Tensor]) -> ModelBuffers:

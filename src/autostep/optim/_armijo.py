@@ -59,6 +59,8 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
     _per_segment: bool = False
     #: eq. 9 of the ALSALS paper (c_h switch)
     _momentum_aware: bool = False
+    #: per-parameter state (Adam moments) changes only in Plan.commit, after the last trial
+    _state_before_commit: bool = False
 
     def __init__(self, params, defaults: dict):
         super().__init__(params, defaults, {

@@ -172,10 +172,18 @@ class AutostepOptimizer(CheckpointMixin, Optimizer):
         for i, group in enumerate(self.param_groups):
             V.step_lr(i, group["lr"], self._lr_may_be_zero)
 
+    #: whether a step writes per-parameter state before its last closure call (then the undo
+    #: record copies every parameter's state dict; otherwise only which parameters have state)
+    _state_before_commit: bool = True
+
     def _begin_step(self) -> StepUndo:
-        """Checks before a step changes anything, and the record that undoes a failed step."""
+        """Checks before a step changes anything, and the record that undoes a failed step.
+
+        ``.grad`` is not recorded: every step evaluates its closure through a
+        :class:`~autostep._closure.ClosureEvaluator`, which puts the ``.grad`` fields back on any
+        failure (``abort()`` after its start, itself during it)."""
         self._check_step_lrs()
-        return StepUndo(self)
+        return StepUndo(self, state=self._state_before_commit, grads=False)
 
     def _grads_finite(self, ev) -> bool:
         """Whether every gradient the closure produced is finite (agreed over ranks)."""

@@ -43,8 +43,13 @@ def _copy1(d: dict) -> dict:
 
 
 def _copy_group(g: dict) -> dict:
-    """:func:`_copy1` of a param group, with its optimizer-level state dict copied one level too."""
-    out = _copy1(g)
+    """:func:`_copy1` of a param group, with its optimizer-level state dict copied one level too.
+
+    The ``params`` list is kept as it is (no step changes which parameters a group holds), so the
+    copy costs the group's few hyper-parameters, not its parameters."""
+    out = {k: (v if k == "params" else list(v) if isinstance(v, list)
+               else dict(v) if isinstance(v, dict) else v)
+           for k, v in g.items()}
     if isinstance(g.get(STATE_KEY), dict):
         out[STATE_KEY] = _copy1(g[STATE_KEY])
     return out
@@ -62,14 +67,23 @@ class StepUndo:
     optimizer-level state ``_ls`` in the first one included), the per-parameter state dicts
     (shallow: tensors are referenced, which is enough because steps never modify state tensors in
     place before they commit), each parameter's ``.grad`` object, and ``last_step``.
+
+    What is recorded is what the step can change (issue 13: the record is made every step):
+
+    * ``state=False`` (optimizers whose steps write per-parameter state only in their commit, after
+      the last closure call: the Armijo family) records only which parameters have state, so that
+      entries a failed step added are removed, instead of copying every parameter's state dict;
+    * ``grads=False`` (steps whose :class:`~autostep._closure.ClosureEvaluator` puts the ``.grad``
+      fields back itself, on every failure after its start) leaves ``.grad`` alone.
     """
 
-    __slots__ = ("groups", "state", "grads", "last_step")
+    __slots__ = ("groups", "state", "keys", "grads", "last_step")
 
-    def __init__(self, opt: "AutostepOptimizer") -> None:
+    def __init__(self, opt: "AutostepOptimizer", state: bool = True, grads: bool = True) -> None:
         self.groups = [_copy_group(g) for g in opt.param_groups]
-        self.state = {p: dict(s) for p, s in opt.state.items()}
-        self.grads = [(p, p.grad) for p in opt._all_params()]
+        self.state = {p: dict(s) for p, s in opt.state.items()} if state else None
+        self.keys = None if state else list(opt.state)
+        self.grads = [(p, p.grad) for p in opt._all_params()] if grads else None
         self.last_step = opt.last_step
 
     def restore(self, opt: "AutostepOptimizer", grads: bool = True) -> None:
@@ -77,13 +91,18 @@ class StepUndo:
         for group, saved in zip(opt.param_groups, self.groups):
             group.clear()
             group.update(saved)
-        for p in [p for p in opt.state if p not in self.state]:
-            del opt.state[p]
-        for p, saved in self.state.items():
-            st = opt.state[p]
-            st.clear()
-            st.update(saved)
-        if grads:
+        if self.state is not None:
+            for p in [p for p in opt.state if p not in self.state]:
+                del opt.state[p]
+            for p, saved in self.state.items():
+                st = opt.state[p]
+                st.clear()
+                st.update(saved)
+        elif len(opt.state) != len(self.keys):
+            had = set(map(id, self.keys))
+            for p in [p for p in opt.state if id(p) not in had]:
+                del opt.state[p]
+        if grads and self.grads is not None:
             for p, g in self.grads:
                 if p.grad is not g:
                     p.grad = g
