@@ -269,3 +269,52 @@ def test_finite_gradients_skip_the_slow_exact_check(monkeypatch, name):
     before = opt.nonfinite_steps
     opt.step(lambda: 1e25 * nn.functional.cross_entropy(model(x), y))
     assert calls["n"] >= 1 and opt.nonfinite_steps == before
+
+
+def test_amortised_reuse_skips_trial_snapshots_and_reads_once():
+    """A reused step evaluates nothing after its first evaluation: one host read, no generator
+    snapshot for trials, and the bookkeeping says so."""
+    from autostep._closure import evaluator as E
+
+    model, x, y = _problem()
+    opt = ARMIJO["SALSA-amortized"](model.parameters())
+    snaps = {"n": 0}
+    real = E.RNGSnapshot
+
+    class Counting(real):
+        def __init__(self):
+            snaps["n"] += 1
+            super().__init__()
+
+    reads = HostReads()
+    reused = 0
+    for _ in range(40):
+        before, s0 = reads.count, snaps["n"]
+        E.RNGSnapshot = Counting
+        try:
+            with reads.patched():
+                opt.step(lambda: nn.functional.cross_entropy(model(x), y))
+        finally:
+            E.RNGSnapshot = real
+        if opt.last_step.get("reused"):
+            reused += 1
+            assert reads.count - before == 1
+            assert snaps["n"] - s0 == 1  # the one taken before the first evaluation
+    assert reused > 10
+
+
+def test_labpal_update_reads_the_host_once():
+    model, x, y = _problem()
+    opt = autostep.LABPAL(model.parameters(), approx_batches=2, reuse_steps=50)
+    reads = HostReads()
+    updates = 0
+    for k in range(20):
+        xb, yb = x[(k % 4) * 16:(k % 4 + 1) * 16], y[(k % 4) * 16:(k % 4 + 1) * 16]
+        phase = opt.phase
+        before = reads.count
+        with reads.patched():
+            opt.step(lambda: nn.functional.cross_entropy(model(xb), yb))
+        if phase == "train":
+            updates += 1
+            assert reads.count - before == 1, reads.where[before:]
+    assert updates >= 10

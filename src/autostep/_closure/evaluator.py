@@ -75,6 +75,7 @@ class ClosureEvaluator:
         self.slope_grads: list | None = None
         self._rng_before: RNGSnapshot | None = None
         self._rng_after: RNGSnapshot | None = None
+        self._trials_ready = True
         self._grads: list = []
         self.loss_eps = 0.0
         self._loss_t: torch.Tensor | None = None
@@ -176,7 +177,7 @@ class ClosureEvaluator:
                 "Check the data and the model for NaN/inf, or lower the initial step size `lr`."
             )
 
-    def read_start(self, extra: torch.Tensor | None = None) -> list[float]:
+    def read_start(self, extra: torch.Tensor | None = None, trials: bool = True) -> list[float]:
         """The deferred read of ``first(read=False)``: the start loss and the 1-d tensor ``extra``
         (gradient-derived scalars that feed decisions) in **one** device-to-host transfer and one
         rank average.  Sets :attr:`loss0` and returns the floats of ``extra``.
@@ -199,12 +200,19 @@ class ClosureEvaluator:
             raise
         finally:
             self._undo = None
-        self._after_start()
+        self._after_start(trials)
         return out[1:]
 
-    def _after_start(self) -> None:
-        self._rng_after = RNGSnapshot()
+    def _after_start(self, trials: bool = True) -> None:
+        """Ready the trials: the generator state after the first evaluation, the gradients to put
+        back around each trial, the buffers as the first evaluation left them.  ``trials=False``
+        (a step that evaluates nothing more: an amortised reuse, a LABPAL update) skips the
+        snapshot and the copies: the generators and buffers are where the step leaves them."""
         self._grads = [p.grad for p in self.params]
+        self._trials_ready = trials
+        if not trials:
+            return
+        self._rng_after = RNGSnapshot()
         # the copies taken before the first evaluation stay with us for abort(); save() makes new
         # ones of the buffers as the first evaluation left them (kept; trials' updates are not)
         self.buffers._items = []
@@ -275,6 +283,7 @@ class ClosureEvaluator:
         touch them) and a ``backward()`` of its own is skipped.
         """
         assert self._rng_before is not None, "first() must run before trial()"
+        assert self._trials_ready, "read_start(trials=False) promised that no trial follows"
         self._rng_before.restore()
         rec = Recorder(self.params, skip=True)
         for p in self.params:  # out of reach of a zero_grad() in the closure

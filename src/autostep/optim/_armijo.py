@@ -197,7 +197,7 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
             extra = plan.s if plan is not None and plan.s is not None else V.finite_hint(
                 [g for sg in segs for g in sg.grads]).reshape(1)
             try:
-                s = ev.read_start(extra)
+                s = ev.read_start(extra, trials=not reuse)
             except NonFiniteLossError:
                 # the first evaluation was undone (buffers, generators, .grad): skip the step
                 return self._skip(ev, "start loss", loss, undo)

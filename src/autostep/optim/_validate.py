@@ -106,15 +106,19 @@ def tensor_list_finite(ts) -> "torch.Tensor":
 
 
 def finite_hint(ts) -> "torch.Tensor":
-    """A 0-d float64 tensor that is finite only if every element of every tensor is finite.
+    """A 0-d tensor that is finite only if every element of every tensor is finite.
 
-    The sum of the tensors' 2-norms in their own dtype (one fused, vectorised pass): NaN and inf
-    propagate, so a finite result proves every element finite.  A non-finite result may also come
-    from an overflow of the squares of finite values (``|t|`` above ~1e19 in float32); confirm it
-    with the exact :func:`tensor_list_finite` (callers do so only then, which is rare)."""
+    The sum of the tensors' 2-norms in their own dtype (one fused, vectorised pass, then two
+    small ops): NaN and inf propagate, so a finite result proves every element finite.  A
+    non-finite result may also come from an overflow of the squares of finite values (``|t|``
+    above ~1e19 in float32); confirm it with the exact :func:`tensor_list_finite` (callers do so
+    only then, which is rare)."""
     if not ts:
         return torch.zeros((), dtype=torch.float64)
     from ..distributed import locals_
 
     norms = torch._foreach_norm(locals_(ts))
-    return torch.stack([n.to(norms[0].device) for n in norms]).double().sum()
+    try:
+        return torch.stack(norms).sum()
+    except RuntimeError:  # norms on several devices
+        return torch.stack([n.to(norms[0].device) for n in norms]).sum()

@@ -6,6 +6,7 @@ learning rates during training", Algorithm 1, eq. 6 and 7, sections 3.3 and 4.3.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Optional
 
 import torch
@@ -220,6 +221,13 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
 
     # ------------------------------------------------------------------ helpers
 
+    @property
+    def _state_before_commit(self) -> bool:
+        """An approximation call changes the direction buffers before its trials, so its undo
+        record copies the per-parameter state; an update has no closure call after its first
+        evaluation, and its record skips that copy (issue 13)."""
+        return self._ls["phase"] == "approx"
+
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
@@ -242,11 +250,22 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
             start = ls["pos"] == 0
             k = self.batch_multiplier() if start else ls["k"]
             measuring = ls["phase"] == "approx" and not start and ls["pos"] >= k
+            training = ls["phase"] == "train"
             try:
-                loss = ev.measure() if measuring else ev.first()
+                if measuring:
+                    loss = ev.measure()
+                elif training:
+                    # an update evaluates nothing more: the start loss and the gradients'
+                    # finiteness hint in one host read, and no snapshot for trials
+                    loss = ev.first(read=False)
+                    hint = V.finite_hint([p.grad for p in ev.params
+                                          if p.grad is not None and not p.grad.is_sparse])
+                    finite = math.isfinite(ev.read_start(hint.reshape(1), trials=False)[0])
+                else:
+                    loss = ev.first()
             except NonFiniteLossError:
                 return self._skip(ev, "start loss", torch.tensor(ev.loss0, device=ev.device), undo)
-            if not measuring and not self._grads_finite(ev):
+            if not measuring and not (training and finite) and not self._grads_finite(ev):
                 return self._skip(ev, "gradient", loss, undo)
             swapped = None if measuring else self._clip_swap()
             if ls["phase"] == "approx":
