@@ -5,11 +5,11 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import autostep
+import two_ranks
 
 pytestmark = pytest.mark.slow  # two processes, 8 optimizers, 20 steps each
 
@@ -82,7 +82,7 @@ def _worker(rank, world, init_file, out_dir):
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(2, str(tmp / "init"), str(tmp)), nprocs=2, join=True)
+    two_ranks.spawn(_worker, args=(2, str(tmp / "init"), str(tmp)))
     return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
 
 

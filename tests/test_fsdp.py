@@ -12,10 +12,10 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 import autostep
+import two_ranks
 
 pytestmark = pytest.mark.slow  # two processes, ~20 trainings
 
@@ -155,7 +155,7 @@ def _worker(rank, world, init_file, out_dir):
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fsdp")
-    mp.spawn(_worker, args=(2, str(tmp / "init"), str(tmp)), nprocs=2, join=True)
+    two_ranks.spawn(_worker, args=(2, str(tmp / "init"), str(tmp)))
     return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
 
 
