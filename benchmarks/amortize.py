@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 import autostep
-from autostep.problems import digits_mlp, fashion_mnist_mlp
+from autostep.bench.tasks import digits_mlp, fmnist_mlp, load_fashion_mnist
 
 PAIRS = {
     "SALSA": (lambda p: autostep.SALSA(p), lambda p: autostep.SALSA(p, amortize=10)),
@@ -30,7 +30,7 @@ PAIRS = {
 def run(job):
     problem, pair, amortized, seed, steps = job
     torch.set_num_threads(1)
-    prob = digits_mlp(seed=seed) if problem == "digits" else fashion_mnist_mlp(seed=seed)
+    prob = digits_mlp(seed=seed) if problem == "digits" else fmnist_mlp(seed=seed)
     model = prob.model
     opt = PAIRS[pair][int(amortized)](model.parameters())
     t0 = time.process_time()
@@ -38,7 +38,7 @@ def run(job):
         opt.step(lambda: prob.loss_fn(model, (xb, yb)))
     cpu = time.process_time() - t0
     return {"pair": pair, "amortized": amortized, "seed": seed, "cpu": cpu,
-            "train": prob.evaluate("train")["loss"], "test_acc": prob.evaluate("test")["accuracy"],
+            "train": prob.evaluate("train").loss, "test_acc": prob.evaluate("test").metric,
             "fwd": opt.forwards / steps}
 
 
@@ -49,7 +49,7 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args(argv)
-    if args.problem == "fmnist" and fashion_mnist_mlp() is None:
+    if args.problem == "fmnist" and load_fashion_mnist() is None:
         print("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
         return 1
     jobs = [(args.problem, pair, am, s, args.steps) for pair in PAIRS for am in (False, True)

@@ -37,9 +37,9 @@ def run_one(problem: str, explore, seed: int, steps: int, windows: int = 100) ->
     """Train one configuration; returns metrics and the decision history."""
     import torch
     from autostep.autolr import AutoLR
-    from autostep.problems import digits_mlp, fashion_mnist_mlp
+    from autostep.bench.tasks import digits_mlp, fmnist_mlp
 
-    p = digits_mlp(seed) if problem == "digits" else fashion_mnist_mlp(seed)
+    p = digits_mlp(seed) if problem == "digits" else fmnist_mlp(seed)
     opt = torch.optim.SGD(p.model.parameters(), lr=0.1)
     stepper, wrapper = opt, None
     if explore is not None:
@@ -57,7 +57,7 @@ def run_one(problem: str, explore, seed: int, steps: int, windows: int = 100) ->
         stepper.zero_grad()
     cpu = time.process_time() - t0
     out = {"problem": problem, "explore": explore, "seed": seed, "steps": steps, "cpu_s": cpu,
-           "train_loss": p.evaluate("train")["loss"], "test_acc": p.evaluate("test")["accuracy"],
+           "train_loss": p.evaluate("train").loss, "test_acc": p.evaluate("test").metric,
            "final_lr": opt.param_groups[0]["lr"]}
     if wrapper is not None:
         out.update(recomputes=wrapper.recomputes, rollbacks=wrapper.rollbacks,
@@ -85,10 +85,10 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if not 1 <= args.workers <= 2:
         ap.error("--workers must be 1 or 2")
-    from autostep.problems import fashion_mnist_mlp
+    from autostep.bench.tasks import load_fashion_mnist
     problems = []
     for name in args.problems:
-        if name == "fmnist" and fashion_mnist_mlp(0) is None:
+        if name == "fmnist" and load_fashion_mnist() is None:
             print("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist): skipped")
             continue
         problems.append(name)

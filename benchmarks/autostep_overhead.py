@@ -21,8 +21,9 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
 
 from autostep import Autostep  # noqa: E402
-from autostep.bench.problems import SUITES, build_problem  # noqa: E402
-from autostep.bench.runner import cosine_factor  # noqa: E402
+from autostep.bench.streams import probe_batches, train_batches  # noqa: E402
+from autostep.bench.tasks import SUITES, build_problem  # noqa: E402
+from autostep.bench.stepper import cosine_factor  # noqa: E402
 
 
 def one(problem: str, steps: int, seed: int) -> tuple[float, float, int]:
@@ -30,9 +31,9 @@ def one(problem: str, steps: int, seed: int) -> tuple[float, float, int]:
     m_adam, m_auto = task.model, copy.deepcopy(task.model)
     adam = torch.optim.Adam(m_adam.parameters(), lr=1e-3)
     auto = Autostep(m_auto.parameters(), total_steps=steps, model=m_auto, loss_fn=task.loss_fn,
-                    probe_data=task.probe_batches(2, seed))
+                    probe_data=probe_batches(task, 2, seed))
     t_adam = t_auto = 0.0
-    for t, batch in enumerate(task.batches(steps, seed)):
+    for t, batch in enumerate(train_batches(task, steps, seed)):
         for g in adam.param_groups:
             g["lr"] = 1e-3 * cosine_factor(t, steps, max(1, steps // 20))
         for model, opt in ((m_adam, adam), (m_auto, auto)) if t % 2 else ((m_auto, auto), (m_adam, adam)):

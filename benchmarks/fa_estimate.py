@@ -25,7 +25,7 @@ import sys
 
 import torch
 
-from autostep.problems import digits_mlp, fashion_mnist_mlp
+from autostep.bench.tasks import digits_mlp, fmnist_mlp
 
 
 def adam_direction(opt: torch.optim.Adam, params):
@@ -50,7 +50,7 @@ def main(argv=None):
     ap.add_argument("--eps", type=float, default=5e-8)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    prob = digits_mlp(seed=0) if args.problem == "digits" else fashion_mnist_mlp(seed=0)
+    prob = digits_mlp(seed=0) if args.problem == "digits" else fmnist_mlp(seed=0)
     if prob is None:
         print("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
         return 1

@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 import torch
 
 import autostep.finder as F
-from autostep.problems import digits_mlp, fashion_mnist_mlp
+from autostep.bench.tasks import digits_mlp, fmnist_mlp, load_fashion_mnist
 
 GRIDS = {  # 7-point half-decade grids, centred on each optimizer's usual range
     "adam": [10 ** (-4 + 0.5 * i) for i in range(7)],   # 1e-4 .. 1e-1
@@ -49,7 +49,7 @@ def make_opt(name):
 
 
 def build(problem: str, seed: int):
-    return digits_mlp(seed) if problem == "digits" else fashion_mnist_mlp(seed)
+    return digits_mlp(seed) if problem == "digits" else fmnist_mlp(seed)
 
 
 def val_batches(pb):
@@ -74,8 +74,8 @@ def train_eval(pb, init_state, opt_name, lr, budget, seed):
         opt.step()
     val = pb.evaluate("val", model)
     test = pb.evaluate("test", model)
-    vloss = val["loss"] if (not diverged and math.isfinite(val["loss"])) else math.inf
-    return {"val_loss": vloss, "test_acc": test["accuracy"], "diverged": diverged}
+    vloss = val.loss if (not diverged and math.isfinite(val.loss)) else math.inf
+    return {"val_loss": vloss, "test_acc": test.metric, "diverged": diverged}
 
 
 def job(problem, opt_name, seed, budget, search_steps):
@@ -180,7 +180,7 @@ def main(argv=None):
                  "fmnist": args.fmnist_steps}
     problems = args.problems.split(",") if args.problems else (
         ["digits"] if args.quick else ["fmnist", "digits"])
-    if "fmnist" in problems and fashion_mnist_mlp(0) is None:
+    if "fmnist" in problems and load_fashion_mnist() is None:
         print("Fashion-MNIST not found in /usr/share/datasets/fashion-mnist: skipped", file=sys.stderr)
         problems = [p for p in problems if p != "fmnist"]
     opts = args.optimizers.split(",")

@@ -34,7 +34,8 @@ import time
 
 import torch
 
-from autostep.bench.problems import SUITES, build_problem
+from autostep.bench.streams import probe_batches, train_batches
+from autostep.bench.tasks import SUITES, build_problem
 from autostep.bench.runner import RunConfig, run_one
 from autostep.finder.peak import SCHEDULES
 from autostep.finder.search import TrialRunner
@@ -82,7 +83,7 @@ def stage_grid(problems, out: str) -> None:
 def schedule_factor(schedule: str, t: int, total: int) -> float:
     """The multiplier of the peak rate at step ``t``: the bench's warm-up (T // 20 steps) + cosine,
     the same warm-up + linear decay to zero, or constant."""
-    from autostep.bench.runner import cosine_factor
+    from autostep.bench.stepper import cosine_factor
 
     warmup = max(1, total // 20)
     if schedule == "cosine":
@@ -100,7 +101,7 @@ def train_schedule(problem: str, seed: int, steps: int, peak: float, schedule: s
     task = build_problem(problem, seed)
     model = task.model
     opt = torch.optim.Adam(model.parameters(), lr=peak)
-    for t, batch in enumerate(task.batches(steps, seed)):
+    for t, batch in enumerate(train_batches(task, steps, seed)):
         for g in opt.param_groups:
             g["lr"] = peak * schedule_factor(schedule, t, steps)
         opt.zero_grad()
@@ -141,8 +142,8 @@ def stage_curves(problems, out: str, lengths=TRIAL_LENGTHS) -> None:
                 continue
             t0 = time.time()
             task = build_problem(p, TUNING_SEED)
-            train = task.probe_batches(k, TUNING_SEED)
-            val = task.probe_batches(4, TUNING_SEED + 1)
+            train = probe_batches(task, k, TUNING_SEED)
+            val = probe_batches(task, 4, TUNING_SEED + 1)
             runner = TrialRunner(task.model, lambda ps, lr: torch.optim.Adam(ps, lr=lr), task.loss_fn,
                                  train, val, k)
             rows = []
@@ -165,8 +166,8 @@ def _search(problem: str, seed: int, schedule: str = "cosine"):
     steps = SUITES["standard"][problem]
     task = build_problem(problem, seed)
     budget = steps // 10
-    train = task.probe_batches(max(1, budget), seed)
-    val = task.probe_batches(4, seed + 1)
+    train = probe_batches(task, max(1, budget), seed)
+    val = probe_batches(task, 4, seed + 1)
     return find_lr(task.model, lambda ps, lr: torch.optim.Adam(ps, lr=lr), task.loss_fn, train, val,
                    schedule=schedule, total_steps=steps, budget=budget, progress=False)
 

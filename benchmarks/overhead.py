@@ -36,7 +36,7 @@ import torch
 import autostep
 from autostep import _line
 from autostep.optim import _adam
-from autostep.problems import digits_mlp, fashion_mnist_mlp
+from autostep.bench.tasks import digits_mlp, fmnist_mlp, load_fashion_mnist
 
 METHODS = {
     "Adam": lambda p: torch.optim.Adam(p, lr=1e-3),
@@ -303,10 +303,10 @@ def main(argv=None):
             rows, n, floor = run_model(lambda: digits_mlp(seed=0), names, args.steps, args.block, extra, packages)
             print_table("digits MLP 64-64-10, batch 64", rows, n, floor)
         else:
-            if fashion_mnist_mlp() is None:
+            if load_fashion_mnist() is None:
                 print("\n## Fashion-MNIST MLP: skipped (apt-get install dataset-fashion-mnist)")
                 continue
-            factory = lambda: fashion_mnist_mlp(seed=0)  # noqa: E731
+            factory = lambda: fmnist_mlp(seed=0)  # noqa: E731
             rows, n, floor = run_model(factory, names, args.steps, args.block, extra, packages)
             print_table("Fashion-MNIST MLP 784-256-128-10, batch 128", rows, n, floor)
     return 0

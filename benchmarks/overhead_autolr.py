@@ -24,7 +24,7 @@ import time
 import torch
 
 from autostep.autolr import AutoLR
-from autostep.problems import digits_mlp, fashion_mnist_mlp
+from autostep.bench.tasks import digits_mlp, fmnist_mlp, load_fashion_mnist
 
 OPTIMIZERS = {
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1),
@@ -44,7 +44,7 @@ def paper_settings(steps: int, windows: int = 100) -> dict:
 def make_problem(name: str, seed: int):
     if name == "digits":
         return digits_mlp(seed)
-    return fashion_mnist_mlp(seed)
+    return fmnist_mlp(seed)
 
 
 def run(problem_name: str, opt_name: str, steps: int, autolr: bool, seed: int = 0,
@@ -77,7 +77,7 @@ def main(argv=None) -> None:
                          "AutoLR's default for short runs: 25)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    problems = [n for n in args.problems if n == "digits" or fashion_mnist_mlp(0) is not None]
+    problems = [n for n in args.problems if n == "digits" or load_fashion_mnist() is not None]
     cfg = paper_settings(args.steps, args.windows)
     print(f"torch {torch.__version__}, 1 thread, T={args.steps}, repeats={args.repeats}, "
           f"recompute_every={cfg['recompute_every']}, superbatch={cfg['superbatch']}, "

@@ -26,7 +26,7 @@ from torch import nn
 from autostep._closure import NonFiniteLossError
 from autostep.optim.labpal import LABPAL
 from autostep.optim.pal import PAL
-from autostep.problems import digits_mlp, mlp
+from autostep.bench.tasks import digits_mlp, mlp
 
 METHODS = {
     "SGD": lambda p, T: torch.optim.SGD(p, lr=0.1),

@@ -48,9 +48,9 @@ def run_one(job: tuple) -> dict:
     problem, method, seed, steps = job
     torch.set_num_threads(1)
     from autostep._closure import NonFiniteLossError
-    from autostep.problems import digits_mlp, fashion_mnist_mlp
+    from autostep.bench.tasks import digits_mlp, fmnist_mlp
 
-    pb = digits_mlp(seed) if problem == "digits" else fashion_mnist_mlp(seed)
+    pb = digits_mlp(seed) if problem == "digits" else fmnist_mlp(seed)
     model = pb.model
     opt = build(method, model.parameters(), steps)
     closure_based = hasattr(opt, "last_step")
@@ -76,8 +76,8 @@ def run_one(job: tuple) -> dict:
     if hasattr(opt, "estimates"):
         extra = {"estimates": opt.estimates, "failed_fits": opt.failed_fits,
                  "lr": opt.param_groups[0]["lr"]}
-    return {"problem": problem, "method": method, "seed": seed, "train_loss": train["loss"],
-            "test_acc": test["accuracy"], "fwd": fwd, "cpu": cpu, "diverged": diverged, **extra}
+    return {"problem": problem, "method": method, "seed": seed, "train_loss": train.loss,
+            "test_acc": test.metric, "fwd": fwd, "cpu": cpu, "diverged": diverged, **extra}
 
 
 def main(argv=None) -> None:
@@ -90,7 +90,7 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     problems = list(args.problems)
     if "fmnist" in problems:
-        from autostep.problems import load_fashion_mnist
+        from autostep.bench.tasks import load_fashion_mnist
 
         if load_fashion_mnist() is None:
             print("Fashion-MNIST not installed (/usr/share/datasets/fashion-mnist): skipped")

@@ -37,7 +37,7 @@ from collections import defaultdict
 import torch
 
 import autostep
-from autostep.problems import digits_mlp, fashion_mnist_mlp
+from autostep.bench.tasks import digits_mlp, fmnist_mlp, load_fashion_mnist
 
 METHODS = {
     "SALSA": lambda p: autostep.SALSA(p),
@@ -154,8 +154,8 @@ def instrumented(prof: Profiler):
 
 
 def problem_factory(name: str):
-    if name == "fmnist" and fashion_mnist_mlp() is not None:
-        return "fmnist_mlp (784-256-128-10, batch 128)", lambda: fashion_mnist_mlp(seed=0)
+    if name == "fmnist" and load_fashion_mnist() is not None:
+        return "fmnist_mlp (784-256-128-10, batch 128)", lambda: fmnist_mlp(seed=0)
     if name == "fmnist":
         print("Fashion-MNIST not installed; using the digits MLP")
     return "digits_mlp (64-64-10, batch 64)", lambda: digits_mlp(seed=0)

@@ -14,7 +14,7 @@ import autostep.autolr.schedule as S
 from autostep.autolr import (AutoLR, SaturationMonitor, clip_eps, eps_bound, fit_quadratic,
                              next_lr, probe_offsets, quadratic_argmin, should_rollback)
 from autostep.distributed import Reducer
-from autostep.problems import digits_mlp
+from autostep.bench.tasks import digits_mlp
 
 
 # ------------------------------------------------------------------------------------ pure math
@@ -233,9 +233,9 @@ def test_direction_respects_group_ratios():
 def test_wrapping_trains_and_logs(name):
     kw = {"eps_threshold": 1e-9} if name.startswith("adam") else {}
     p, o, a = make(name, total_steps=200, explore_steps=0.25, saturation_threshold=3.0, **kw)
-    before = p.evaluate("train")["loss"]
+    before = p.evaluate("train").loss
     train(p, a, 200)
-    after = p.evaluate("train")["loss"]
+    after = p.evaluate("train").loss
     assert after < 0.7 * before
     assert a.recomputes >= 4 and a.steps == 200 and math.isfinite(a.lr) and a.lr > 0
     keys = {"step", "phase", "old_lr", "new_lr", "eps_min", "clipped", "rollback"}

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from autostep import AutoLR
-from autostep.problems import digits_mlp
+from autostep.bench.tasks import digits_mlp
 
 
 def _tiny_gpt2_rows(n=64):
@@ -106,11 +106,11 @@ def test_lightning_automatic_optimization_with_clipping_accumulation_and_schedul
 
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*p.train), batch_size=64,
                                          shuffle=True)
-    before = p.evaluate("train")["loss"]
+    before = p.evaluate("train").loss
     trainer = L.Trainer(max_steps=40, accelerator="cpu", logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         gradient_clip_val=1.0, accumulate_grad_batches=2)
     trainer.fit(Module(), loader)
     opt = made["opt"]
     assert opt.steps == 40 and opt.recomputes >= 3 and opt.lr > 0.05
-    assert p.evaluate("train")["loss"] < 0.5 * before
+    assert p.evaluate("train").loss < 0.5 * before

@@ -12,7 +12,8 @@ from autostep import registry
 from autostep.bench import PROBLEMS, SUITES, DataMissing, RunConfig, build_problem, run_bench, run_one
 from autostep.bench import harness, runner
 from autostep.bench.report import SECTIONS, time_to_target
-from autostep.bench.runner import cosine_factor, mean_log_loss_charged
+from autostep.bench.runner import mean_log_loss_charged
+from autostep.bench.stepper import cosine_factor
 
 
 # ------------------------------------------------------------------------------ registry
@@ -96,17 +97,44 @@ def test_every_problem_builds_and_trains_a_few_steps(name):
     assert all(torch.equal(x, y) for x, y in zip(b1, b2))
 
 
+@pytest.mark.parametrize("name", [p for p in PROBLEMS if p not in GPU_PROBLEMS])
+def test_building_a_task_leaves_the_global_generator_alone(name):
+    """The builders seeded the model by reseeding torch's global generator (the caller's RNG moved)."""
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    try:
+        build_problem(name, seed=0)
+    except DataMissing as exc:
+        pytest.skip(str(exc))
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_the_command_line_faces_use_the_bench_tasks():
+    from autostep.bench.tasks import demo_task
+
+    a, b = demo_task("digits", seed=2), build_problem("digits_mlp", seed=2)
+    assert a.name == "digits_mlp" and all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(),
+                                                                             b.model.state_dict().values()))
+    with pytest.raises(ValueError, match="unknown problem 'nope'"):
+        demo_task("nope")
+    with pytest.raises(ValueError, match="split must be"):
+        a.evaluate("validation")
+    with pytest.raises(ValueError, match="samples its own batches"):
+        next(build_problem("char_gpt", seed=0).batches(1, batch_size=8))
+    assert len(a.batch_list(2, seed=0, batch_size=5)[0][0]) == 5
+
+
 def test_quadratic_suboptimality_is_exact():
     task = build_problem("quadratic", seed=0)
     with torch.no_grad():
-        task.model.theta.copy_(task.train_data[0].mean(0))
+        task.model.theta.copy_(task.train[0].mean(0))
     gap, _ = task.evaluate("train")
     assert abs(gap) < 1e-3 * task.optimum
 
 
 def test_matfac_optimum_is_reached_by_the_best_rank_k_map():
     task = build_problem("matfac_k4", seed=0)
-    x, y = task.train_data
+    x, y = task.train
     assert task.optimum > 0
     # the full-rank least-squares fit is better than the rank-4 optimum
     b = torch.linalg.lstsq(x.double(), y.double()).solution
@@ -146,7 +174,7 @@ def test_unknown_problem_and_method_are_refused():
         run_bench("huge", "/tmp/x", progress=False, report=False)
 
 
-def test_tiny_bench_end_to_end_and_resume(tmp_path, monkeypatch):
+def test_tiny_bench_end_to_end_and_resume(tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "bench")
     kw = dict(methods=["Adam", "SLS", "Adam-cosine-tuned"], seeds=(0,), workers=1, progress=False,
               log=lambda *a: None)
@@ -165,8 +193,11 @@ def test_tiny_bench_end_to_end_and_resume(tmp_path, monkeypatch):
     assert all(r["status"] == "ok" for r in data["runs"])
     # resume: nothing is trained again
     monkeypatch.setattr(harness, "run_one", lambda cfg: pytest.fail(f"re-ran {cfg}"))
-    again = run_bench("tiny", out, **kw)
+    capsys.readouterr()
+    again = run_bench("tiny", out, **{**kw, "progress": True})
     assert [r["train_loss"] for r in again["runs"]] == [r["train_loss"] for r in res["runs"]]
+    err = capsys.readouterr().err  # the shared progress bar: 14 grid runs and 6 runs, all cached
+    assert "bench" in err and "/20" in err
 
 
 def test_interrupted_run_file_is_ignored(tmp_path):

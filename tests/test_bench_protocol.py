@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from autostep import registry
-from autostep.bench import RunConfig, SUITES, harness, overhead, report, run_bench, run_one, runner
-from autostep.bench.report import (BASELINE, GREY, _bulk, headline, paired_compare, summarize)
+from autostep.bench import (RunConfig, SUITES, build_problem, harness, overhead, report, run_bench, run_one,
+                            runner, stepper)
+from autostep.bench.report import BASELINE, GREY, headline, paired_compare, summarize
+from autostep.bench.report.stats import bootstrap_median_ratio
+from autostep.bench.report.styles import bulk_limits
 
 
 # ------------------------------------------------------------------------------ timing
@@ -45,7 +48,7 @@ def test_warm_up_does_not_change_the_run():
 
 # ------------------------------------------------------------------------------ schedules
 def test_linear_decay_schedule_reaches_zero():
-    f = runner.schedule_factor
+    f = stepper.schedule_factor
     assert f("linear", 0, 100, 10) == pytest.approx(0.1)
     assert f("linear", 10, 100, 10) == pytest.approx(1.0)
     assert f("linear", 55, 100, 10) == pytest.approx(0.5)
@@ -60,15 +63,15 @@ def test_scheduled_peer_scales_the_rate_it_was_built_with():
     """Prodigy-cosine keeps lr=1 as the peak of its warm-up + cosine (as its README uses it)."""
     if not registry.get("Prodigy-cosine").is_available():
         pytest.skip(registry.get("Prodigy-cosine").missing_reason())
-    task = runner.build_problem("quadratic", 0)
-    st = runner.Stepper(task, registry.get("Prodigy-cosine"), 0, train_steps=100)
+    task = build_problem("quadratic", 0)
+    st = stepper.Stepper(task, registry.get("Prodigy-cosine"), 0, train_steps=100)
     batches = list(task.batches(60, 0))
     lrs = []
     for t, b in enumerate(batches):
         st.step(t, b)
         lrs.append(st.inner.param_groups[0]["lr"])
     assert st.warmup == 5 and lrs[0] == pytest.approx(0.2) and lrs[4] == pytest.approx(1.0)
-    assert lrs[59] == pytest.approx(runner.cosine_factor(59, 100, 5))
+    assert lrs[59] == pytest.approx(stepper.cosine_factor(59, 100, 5))
     assert st.inner.param_groups[0]["safeguard_warmup"] is True
 
 
@@ -144,11 +147,11 @@ def test_paired_compare_verdicts():
 
 
 def test_bootstrap_interval_contains_the_median_ratio():
-    ratio, lo, hi = report._bootstrap_median_ratio({"a": [math.log(0.8), math.log(0.9), math.log(1.0)],
+    ratio, lo, hi = bootstrap_median_ratio({"a": [math.log(0.8), math.log(0.9), math.log(1.0)],
                                                     "b": [math.log(1.1), math.log(1.2), math.log(1.3)],
                                                     "c": [0.0, 0.0, 0.0]})
     assert lo <= ratio <= hi and ratio == pytest.approx(1.0)
-    assert report._bootstrap_median_ratio({"a": [0.1, 0.2]}) == report._bootstrap_median_ratio({"a": [0.1, 0.2]})
+    assert bootstrap_median_ratio({"a": [0.1, 0.2]}) == bootstrap_median_ratio({"a": [0.1, 0.2]})
 
 
 def _fake_results(methods, losses):
@@ -188,12 +191,35 @@ def test_headline_recommends_autostep_with_its_standing():
     assert rec == "Other" and "`Autostep` is not in this run" in text and "2 wins" in text
 
 
+def test_report_leaves_the_pyplot_backend_alone(tmp_path):
+    """The report draws on its own Agg canvases: a user's backend (here svg) is never switched."""
+    pytest.importorskip("matplotlib")
+    import subprocess
+    import sys
+
+    losses = {BASELINE: {"a": [1.0, 2.0, 4.0]}, "Autostep": {"a": [1.1, 2.1, 3.9]}}
+    path = tmp_path / "results.json"
+    results = _fake_results(list(losses), losses)
+    for r in results["runs"]:
+        r["val_loss"] = r["train_loss"]
+    path.write_text(json.dumps(results))
+    code = ("import json, matplotlib; matplotlib.use('svg')\n"
+            "from autostep.bench.report import write_report\n"
+            f"write_report(json.load(open({str(path)!r})), {str(tmp_path)!r})\n"
+            "print(matplotlib.get_backend())\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "svg"
+    assert (tmp_path / "curves_a.png").stat().st_size > 1000 and (tmp_path / "report.md").exists()
+
+
 def test_bulk_limits_clip_a_collapsed_line_and_keep_the_references():
     lines = {f"m{i}": [1e-3, 1e-2] for i in range(5)}
     lines["collapse"] = [1e-8, 1e-2]
-    lo, hi, clipped = _bulk(lines, log=True)
+    lo, hi, clipped = bulk_limits(lines, log=True)
     assert clipped == ["collapse"] and 1e-4 < lo < 1e-3 and hi >= 1e-2
-    lo, hi, clipped = _bulk(lines, log=True, always={"collapse"})
+    lo, hi, clipped = bulk_limits(lines, log=True, always={"collapse"})
     assert clipped == [] and lo <= 1e-8
 
 

@@ -408,9 +408,9 @@ def test_cli_find_lr_prints_results_and_writes_png(tmp_path, capsys):
 
 
 def test_cli_fmnist_absent_and_bad_arguments(monkeypatch, capsys):
-    import autostep.problems
+    import autostep.bench.tasks.fashion_mnist as fashion_mnist
 
-    monkeypatch.setattr(autostep.problems, "fashion_mnist_mlp", lambda seed: None)
+    monkeypatch.setattr(fashion_mnist, "load_fashion_mnist", lambda data_dir=None: None)
     assert cli_main(["find-lr", "--problem", "fmnist", "--no-plot", "--no-progress"]) == 1
     assert "not installed" in capsys.readouterr().err
     with pytest.raises(SystemExit):

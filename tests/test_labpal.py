@@ -221,14 +221,14 @@ def test_momentum_line_direction():
 
 
 def test_deepcopy_midphase_and_nsgd_trains_digits():
-    from autostep.problems import digits_mlp
+    from autostep.bench.tasks import digits_mlp
 
     pb = digits_mlp(0)
     opt = LABPAL(pb.model.parameters(), mode="nsgd", total_steps=120)
-    before = pb.evaluate("train")["loss"]
+    before = pb.evaluate("train").loss
     for xb, yb in pb.batches(120, seed=0):
         opt.step(lambda: pb.loss_fn(pb.model, (xb, yb)))
-    assert pb.evaluate("train")["loss"] < 0.3 * before
+    assert pb.evaluate("train").loss < 0.3 * before
     assert opt.estimates == 1 and opt.updates == 51 + 15 + 7  # k = 1, 2, 4
     model2, opt2 = copy.deepcopy((pb.model, opt))
     assert opt2._ls == opt._ls

@@ -9,7 +9,7 @@ from torch import nn
 import autostep
 from autostep import cli
 from autostep.lines import loss_along_lines
-from autostep.problems import digits_mlp
+from autostep.bench.tasks import digits_mlp
 
 
 def lines(*args, seed=0, **kw):

@@ -130,12 +130,12 @@ def test_one_line_through_all_groups_and_validation():
 
 
 def test_trains_digits_mlp():
-    from autostep.problems import digits_mlp
+    from autostep.bench.tasks import digits_mlp
 
     pb = digits_mlp(0)
     opt = PAL(pb.model.parameters())
-    before = pb.evaluate("train")["loss"]
+    before = pb.evaluate("train").loss
     for xb, yb in pb.batches(150, seed=0):
         opt.step(lambda: pb.loss_fn(pb.model, (xb, yb)))
-    assert pb.evaluate("train")["loss"] < 0.5 * before
+    assert pb.evaluate("train").loss < 0.5 * before
     assert opt.forwards == 300 and opt.backwards == 150

@@ -67,6 +67,20 @@ def test_steepest_uses_light_smoothing_and_skips_the_ends():
     assert sm[0] == raw[0] and sm[1] == pytest.approx(0.05 * raw[1] + 0.95 * raw[0])
 
 
+def test_steepest_on_a_recorded_curve_with_interior_points_only():
+    """The bench's torch-lr-finder selector: losses already smoothed (no EMA, no cut), the one-sided
+    differences at the two ends left out, and the middle rate when fewer than three points remain."""
+    lrs = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    losses = [1.0, 0.9, 0.8, 0.7, 0.6, 0.0]  # steepest drop at the last point (one-sided)
+    kw = dict(smooth_f=None, diverge_th=None, skip_start=0, skip_end=0)
+    assert rule_steepest(lrs, losses, **kw) == 6.0
+    assert rule_steepest(lrs, losses, **kw, ends=False) == 5.0  # (0.0 - 0.7) / 2 at index 4
+    assert rule_steepest(lrs, [1.0, math.nan, 0.9, 0.5, 0.4, 0.35], **kw, ends=False) == 4.0  # not beside a NaN
+    assert rule_steepest(lrs[:4], losses[:4], smooth_f=None, diverge_th=None, skip_start=1, skip_end=1,
+                         ends=False) == 3.0  # two points left: the middle rate
+    assert rule_steepest([1.0], [1.0], ends=False) == 1.0
+
+
 def test_smoothers():
     assert ema_debiased([3.0] * 10) == pytest.approx([3.0] * 10)  # debiasing removes the warm-up
     assert ema_debiased([1.0, 0.0], beta=0.5) == pytest.approx([1.0, 0.5 * 0.5 / 0.75])

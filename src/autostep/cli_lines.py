@@ -55,18 +55,16 @@ def register(subparsers) -> None:
 def _main(args) -> int:
     from ._outputs import check_output_file
     from .lines import loss_along_lines
-    from .problems import digits_mlp, fashion_mnist_mlp
+    from .bench.tasks import DataMissing, demo_task
 
     out = args.out or None
     if out is not None:
         check_output_file(out, "--out")  # before training: a bad path costs nothing
-    if args.problem in ("fmnist", "fashion"):
-        pb = fashion_mnist_mlp(args.seed, batch_size=args.batch_size)
-        if pb is None:
-            raise ValueError("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
-                             "; use --problem digits")
-    else:
-        pb = digits_mlp(args.seed, batch_size=args.batch_size)
+    try:
+        pb = demo_task("fmnist" if args.problem == "fashion" else args.problem, args.seed)
+    except DataMissing:
+        raise ValueError("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)"
+                         "; use --problem digits") from None
     res = loss_along_lines(pb.model, pb.loss_fn, pb.train, optimizer=args.optimizer, lr=args.lr,
                            steps=args.steps, every=args.every, batch_size=args.batch_size,
                            grid=args.grid, large_batch=args.large_batch, seed=args.seed, out=out)

@@ -21,7 +21,7 @@ import torch
 
 from .metrics import mean_log_loss
 from .optim import ALSALS, PLASLS, SALSA, SLS, AdamSLS
-from .problems import digits_mlp, fashion_mnist_mlp
+from .bench.tasks import DataMissing, demo_task
 
 __all__ = ["METHODS", "train_one", "run_demo", "register"]
 
@@ -38,15 +38,13 @@ METHODS: dict[str, Callable] = {
 
 
 def _problem(name: str, seed: int, data_dir=None):
-    if name == "digits":
-        return digits_mlp(seed=seed)
-    prob = fashion_mnist_mlp(seed=seed, data_dir=data_dir)
-    if prob is None:
+    try:
+        return demo_task(name, seed, data_dir)
+    except DataMissing:
         raise SystemExit(
             "Fashion-MNIST is not installed: run `apt-get install dataset-fashion-mnist` or pass "
             "--data-dir with the four IDX files."
-        )
-    return prob
+        ) from None
 
 
 def train_one(method: str, problem: str = "digits", steps: int = 600, seed: int = 0,
@@ -71,15 +69,15 @@ def train_one(method: str, problem: str = "digits", steps: int = 600, seed: int 
             window = losses[-log_every:]
             curve.append((k, sum(window) / len(window), opt.param_groups[0]["lr"]))
     cpu = time.process_time() - t0
-    train = prob.evaluate("train")
-    test = prob.evaluate("test")
+    train_loss, _ = prob.evaluate("train")
+    _, test_acc = prob.evaluate("test")
     finite = [x for x in losses if math.isfinite(x) and x > 0]
     return {
         "method": method,
         "seed": seed,
         "curve": curve,
-        "train_loss": train["loss"],
-        "test_acc": test["accuracy"],
+        "train_loss": train_loss,
+        "test_acc": test_acc,
         "mean_log_loss": mean_log_loss(finite) if finite else math.nan,
         "forwards_per_step": getattr(opt, "forwards", steps) / steps,
         "cpu_s": cpu,

@@ -206,7 +206,7 @@ def loss_along_lines(model: nn.Module,
     else:
         full = (x, y)
     if batches is None:
-        from .problems import epoch_batches
+        from ._batches import epoch_batches
         batches = epoch_batches((x, y), steps, batch_size, torch.Generator().manual_seed(seed))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _make_optimizer(optimizer, params, lr, steps)

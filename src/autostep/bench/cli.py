@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .. import registry
-from .problems import PROBLEMS, SUITES
+from .tasks import PROBLEMS, SUITES
 
 DESCRIPTION = """Run a benchmark suite and write DIR/report.md, DIR/results.json and PNG plots.
 

@@ -6,13 +6,13 @@ import json
 import math
 import multiprocessing as mp
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Callable, Optional, Sequence
 
 from .. import registry
-from .problems import PROBLEMS, SUITES, DataMissing, build_problem
+from .._progress import progress_bar
+from .tasks import PROBLEMS, SUITES, DataMissing, build_problem
 from .runner import RunConfig, load_run, run_one, save_run
 
 __all__ = ["run_bench", "TUNING_SEED", "default_methods", "LONG_SUITE_METHODS", "OVERHEAD_PLAN"]
@@ -44,45 +44,21 @@ def default_methods(suite: str = "quick") -> list[str]:
     return list(registry.REGISTRY)
 
 
-class _Progress:
-    """Runs done / total with the time left, via tqdm when installed and stderr is a terminal."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.done, self.t0 = total, 0, time.time()
-        self.enabled = enabled
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-                self.bar = tqdm(total=total, unit="run", desc="bench", dynamic_ncols=True)
-            except ImportError:
-                self.bar = None
-
-    def update(self, label: str) -> None:
-        self.done += 1
-        if not self.enabled:
-            return
-        if self.bar is not None:
-            self.bar.set_postfix_str(label[:40])
-            self.bar.update(1)
-            return
-        elapsed = time.time() - self.t0
-        left = elapsed / self.done * (self.total - self.done)
-        print(f"[{self.done}/{self.total}] {label}  ~{left:.0f}s left", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _tick(bar, label: str) -> None:
+    """One more run done on the progress bar (``None``: no bar)."""
+    if bar is not None:
+        bar.set_postfix_str(label[:40])
+        bar.update(1)
 
 
-def _execute(configs: Sequence[RunConfig], out_dir: str, workers: int, progress: _Progress) -> list[dict]:
+def _execute(configs: Sequence[RunConfig], out_dir: str, workers: int, bar) -> list[dict]:
     """Run configs not already on disk; every result is written to its own JSON as it finishes."""
     results, todo = [], []
     for cfg in configs:
         done = load_run(out_dir, cfg)
         if done is not None:
             results.append(done)
-            progress.update(f"{cfg.key()} (cached)")
+            _tick(bar, f"{cfg.key()} (cached)")
         else:
             todo.append(cfg)
     if workers <= 1 or len(todo) <= 1:
@@ -90,7 +66,7 @@ def _execute(configs: Sequence[RunConfig], out_dir: str, workers: int, progress:
             res = run_one(cfg)
             save_run(out_dir, cfg, res)
             results.append(res)
-            progress.update(cfg.key())
+            _tick(bar, cfg.key())
         return results
     ctx = mp.get_context("spawn")
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
@@ -100,7 +76,7 @@ def _execute(configs: Sequence[RunConfig], out_dir: str, workers: int, progress:
             res = fut.result()
             save_run(out_dir, cfg, res)
             results.append(res)
-            progress.update(cfg.key())
+            _tick(bar, cfg.key())
     return results
 
 
@@ -121,7 +97,9 @@ def run_bench(suite: str = "quick", out_dir: str = "bench-out", methods: Optiona
     Finished runs found in ``out_dir/runs`` are reused (resume).  ``device="cuda"`` trains on the
     GPU (times are then synchronised wall-clock seconds).  ``overhead_check`` adds the controlled
     overhead measurement (:mod:`autostep.bench.overhead`: every method stepped in turn in this
-    process, on one problem of the suite), the CPU-time figure to quote.  Returns the results dict.
+    process, on one problem of the suite), the CPU-time figure to quote.  ``progress``: a tqdm bar of
+    the runs on stderr (``True``), none (``False``), or only when stderr is a terminal (``None``).
+    Returns the results dict.
     """
     if str(device).startswith("cuda"):
         import torch
@@ -172,7 +150,7 @@ def run_bench(suite: str = "quick", out_dir: str = "bench-out", methods: Optiona
     tune_cfgs = [RunConfig(p, m, TUNING_SEED, n, lr=lr, role="tune", data_dir=data_dir, device=device)
                  for p, n in plan.items() for m in tuned for lr in registry.get(m).grid]
     n_eval = len(plan) * len(methods) * len(seeds)
-    bar = _Progress(len(tune_cfgs) + n_eval, progress)
+    bar = progress_bar(progress, len(tune_cfgs) + n_eval, "bench", unit="run")
     t0 = time.time()
     try:
         tune_runs = _execute(tune_cfgs, out_dir, workers, bar)
@@ -189,10 +167,13 @@ def run_bench(suite: str = "quick", out_dir: str = "bench-out", methods: Optiona
                 for s in seeds:
                     eval_cfgs.append(RunConfig(p, m, s, n, lr=chosen.get((p, m)), data_dir=data_dir,
                                                device=device))
-        bar.total = len(tune_cfgs) + len(eval_cfgs)
+        if bar is not None:
+            bar.total = len(tune_cfgs) + len(eval_cfgs)
+            bar.refresh()
         eval_runs = _execute(eval_cfgs, out_dir, workers, bar)
     finally:
-        bar.close()
+        if bar is not None:
+            bar.close()
     overhead = None
     if overhead_check:
         overhead = _overhead(suite, plan, methods, chosen, out_dir, data_dir, device, notes, log)

@@ -23,8 +23,9 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .. import registry
-from .problems import build_problem
-from .runner import Stepper
+from .stepper import Stepper
+from .streams import train_batches
+from .tasks import build_problem
 
 __all__ = ["measure_overhead", "load_or_measure"]
 
@@ -56,7 +57,7 @@ def measure_overhead(problem: str, methods: Sequence[str], blocks: int = 6, bloc
         except Exception as exc:  # reported, not raised: one broken method does not stop the table
             notes[m] = f"could not be built: {type(exc).__name__}: {exc}"
             continue
-        setups[m] = (st, list(task.batches(total, seed)))
+        setups[m] = (st, list(train_batches(task, total, seed)))
     times = {m: [] for m in setups}
     alive = set(setups)
     for r in range(blocks + 1):

@@ -1,7 +1,8 @@
 """One benchmark run (method × problem × seed) and the metrics computed from it.
 
 A run trains for exactly ``steps`` optimizer steps (selectors spend part of that budget on their
-search, at most 10%: :data:`SEARCH_FRACTION`), on one torch thread, and returns a JSON-able dict:
+search, at most 10%: :mod:`autostep.bench.selectors`), on one torch thread, with a
+:class:`~autostep.bench.stepper.Stepper`, and returns a JSON-able dict:
 
 * ``train_loss`` -- final loss on the whole training set (a suboptimality where the optimum is known),
   ``val_loss``, ``test_metric``;
@@ -17,8 +18,6 @@ search, at most 10%: :data:`SEARCH_FRACTION`), on one torch thread, and returns 
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import math
 import os
@@ -30,14 +29,19 @@ from typing import Optional
 import torch
 
 from .. import registry
-from .problems import DataMissing, Task, build_problem
+from .selectors import select_lr
+from .stepper import Stepper
+from .streams import train_batches
+from .tasks import DataMissing, Task, build_problem
 
-__all__ = ["RunConfig", "run_one", "mean_log_loss_charged", "cosine_factor", "schedule_factor", "run_path",
-           "load_run", "Stepper", "search_budget", "SEARCH_FRACTION"]
+__all__ = ["RunConfig", "run_one", "mean_log_loss_charged", "run_path", "load_run", "save_run", "warm_up"]
 
 EXPLODE = 1e3  # a loss above EXPLODE * max(l_0, 1) counts as divergence
 CURVE_POINTS = 200
 CHECKPOINTS = 50
+#: steps of the discarded warm-up run each worker trains once per (problem, method) before timing
+WARMUP_STEPS = 20
+_WARMED: set = set()
 
 
 @dataclass(frozen=True)
@@ -96,14 +100,6 @@ def save_run(out_dir: str, cfg: RunConfig, result: dict) -> None:
     os.replace(tmp, path)  # atomic: an interrupted bench never leaves half a file
 
 
-def cosine_factor(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to 1 over ``warmup`` steps, then cosine decay to 0 at ``total``."""
-    if warmup > 0 and step < warmup:
-        return (step + 1) / warmup
-    span = max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / span)))
-
-
 def mean_log_loss_charged(values: list, l0: float, diverged_at: Optional[int], total: int,
                           floor: float = 1e-12) -> float:
     """``Σ log(v_t) / T`` over ``total`` terms; terms from ``diverged_at`` on (or missing) are
@@ -140,200 +136,6 @@ def _counter(opt, attr: str, key: str):
     if value is None and isinstance(getattr(opt, "state", None), dict):
         value = opt.state.get(key)
     return value
-
-
-#: a selector's search may spend at most this fraction of a run's step budget (issue 9's protocol)
-SEARCH_FRACTION = 0.10
-#: steps of the discarded warm-up run each worker trains once per (problem, method) before timing
-WARMUP_STEPS = 20
-_WARMED: set = set()
-
-
-def search_budget(steps: int) -> int:
-    """Training steps a selector may spend on its search within a run of ``steps`` steps."""
-    return int(math.floor(SEARCH_FRACTION * steps))
-
-
-def _select_lr(spec, task: Task, cfg: RunConfig) -> tuple[float, int, str]:
-    """Run a selector's LR search within :data:`SEARCH_FRACTION` of the run's budget.
-
-    Returns ``(lr, training steps spent, note)``; the note says how the search was shrunk to fit,
-    or is empty when the method's usual search fits.  A budget too small for any search falls back
-    to Adam's 1e-3 and says so."""
-    kind = spec.options.get("selector")
-    model = task.model
-    budget = search_budget(cfg.steps)
-    if kind == "find_lr":
-        from ..finder import NoViableRateError, find_lr
-
-        if budget < 4:  # find_lr needs two trials of two steps
-            return 1e-3, 0, (f"no search fits in {budget} steps (10% of {cfg.steps}); "
-                             f"trained at Adam's 1e-3")
-        # as the finder's calibration runs it: the schedule's peak rate within budget_steps
-        train = task.probe_batches(budget, cfg.seed)
-        val = task.probe_batches(4, cfg.seed + 1)
-        try:
-            res = find_lr(model, lambda p, lr: torch.optim.Adam(p, lr=lr), task.loss_fn, train, val,
-                          schedule=spec.schedule, total_steps=cfg.steps, budget=budget, progress=False)
-        except NoViableRateError as exc:
-            spent = int(exc.result.steps_spent) if getattr(exc, "result", None) is not None else budget
-            return 1e-3, spent, f"every trial diverged ({spent} steps); trained at Adam's 1e-3"
-        spent = int(res.steps_spent)
-        if spent > budget:
-            return float(res.lr), spent, f"search overran its budget: {spent} > {budget} steps"
-        return float(res.lr), spent, f"search limited to find_lr(budget={budget}), 10% of {cfg.steps} steps"
-    if kind == "torch_lr_finder":
-        from torch_lr_finder import LRFinder
-
-        class _LossModule(torch.nn.Module):  # the finder calls criterion(model(inputs), labels)
-            def __init__(self):
-                super().__init__()
-                self.inner = model
-
-            def forward(self, batch):
-                return task.loss_fn(self.inner, batch)
-
-        num_iter = min(100, budget)
-        if num_iter < 5:
-            return 1e-3, 0, (f"no range test fits in {budget} steps (10% of {cfg.steps}); "
-                             f"trained at Adam's 1e-3")
-        note = "" if num_iter == 100 else (
-            f"range test shrunk to {num_iter} iterations to fit 10% of {cfg.steps} steps")
-        data = [(b, torch.zeros(1)) for b in task.probe_batches(num_iter, cfg.seed)]
-        wrapper = _LossModule()
-        opt = torch.optim.Adam(model.parameters(), lr=1e-7)
-        finder = LRFinder(wrapper, opt, lambda out, _y: out, device=str(task.device))
-        loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False)
-        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
-            finder.range_test(loader, end_lr=10, num_iter=num_iter)
-        lrs, losses = finder.history["lr"], finder.history["loss"]
-        finder.reset()
-        best = _steepest(lrs, losses, skip_start=max(1, num_iter // 10), skip_end=max(1, num_iter // 20))
-        return best, num_iter, note
-    raise ValueError(f"unknown selector {kind!r}")
-
-
-def _steepest(lrs, losses, skip_start: int = 10, skip_end: int = 5) -> float:
-    """torch-lr-finder's suggestion: the rate of the most negative loss gradient."""
-    lo, hi = skip_start, max(skip_start + 2, len(lrs) - skip_end)
-    xs, ys = lrs[lo:hi], losses[lo:hi]
-    if len(xs) < 3:
-        return float(lrs[len(lrs) // 2])
-    grads = [(ys[i + 1] - ys[i - 1]) / 2 for i in range(1, len(ys) - 1)]
-    i = min(range(len(grads)), key=lambda j: grads[j] if math.isfinite(grads[j]) else math.inf)
-    return float(xs[i + 1])
-
-
-def schedule_factor(schedule: Optional[str], step: int, total: int, warmup: int) -> float:
-    """Multiplier of the peak rate: ``"cosine"`` (warm-up + cosine), ``"linear"`` (warm-up + linear
-    decay to zero at ``total``) or ``None`` (1)."""
-    if schedule is None:
-        return 1.0
-    if schedule == "cosine":
-        return cosine_factor(step, total, warmup)
-    if schedule == "linear":
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, 1.0 - (step - warmup) / max(1, total - warmup))
-    raise ValueError(f"unknown schedule {schedule!r}; use 'cosine', 'linear' or None")
-
-
-def warmup_steps(spec, train_steps: int) -> int:
-    """Warm-up length of a scheduled method: ``options['warmup']`` of the run (default 5%)."""
-    if spec.schedule is None:
-        return 0
-    return max(1, int(spec.options.get("warmup", 0.05) * train_steps))
-
-
-class Stepper:
-    """One method built on one task and stepped one batch at a time, as the benchmark drives it.
-
-    Shared by :func:`run_one` (a whole run) and :mod:`autostep.bench.overhead` (every method stepped
-    in turn in one process), so both time exactly the same work.  ``peak_lr`` is the tuned or
-    selected rate (kinds tuned/selector); scheduled methods of other kinds scale the rates they were
-    built with.  ``train_steps`` is the schedule's length.
-    """
-
-    def __init__(self, task: Task, spec, seed: int, train_steps: int, peak_lr: Optional[float] = None,
-                 total_steps: Optional[int] = None):
-        self.task, self.spec = task, spec
-        model, loss_fn = task.model, task.loss_fn
-        self.params = list(model.parameters())
-        context = {"total_steps": total_steps or train_steps, "dataset_size": task.dataset_size,
-                   "batch_size": task.batch_size, "model": model, "loss_fn": loss_fn}
-        if spec.options.get("probe_data"):  # methods that evaluate losses beyond the training batch
-            context["probe_data"] = task.probe_batches(int(spec.options["probe_data"]), seed)
-        with contextlib.redirect_stdout(io.StringIO()):  # some peers print banners when built
-            if spec.kind == "wrapper":
-                context.update(probe_data=task.probe_batches(100, seed),
-                               autolr_defaults={"total_steps": train_steps})
-                opt = spec.build(self.params, context)
-            elif spec.kind in ("tuned", "selector"):
-                opt = spec.build(self.params, context, lr=peak_lr)
-            else:
-                opt = spec.build(self.params, context)
-        self.opt = opt
-        self.inner = getattr(opt, "optimizer", opt)
-        self.base_lrs = [g.get("lr") for g in self.inner.param_groups]  # the published SaLSa has none
-        self.train_steps = train_steps
-        self.warmup = warmup_steps(spec, train_steps)
-        if spec.train_eval_modes:
-            opt.train()
-
-    def step(self, t: int, batch) -> float:
-        """Step ``t`` of the run on ``batch``; returns the batch loss (NaN for a non-finite start)."""
-        spec, opt, model, loss_fn = self.spec, self.opt, self.task.model, self.task.loss_fn
-        if spec.schedule is not None and None not in self.base_lrs:
-            f = schedule_factor(spec.schedule, t, self.train_steps, self.warmup)
-            for g, base in zip(self.inner.param_groups, self.base_lrs):
-                g["lr"] = base * f
-        try:
-            if spec.kind == "closure":
-                if spec.options.get("closure_style") == "backwards_kwarg":  # the published SaLSa
-                    self.inner.zero_grad()
-
-                    def closure(backwards=False):
-                        loss = loss_fn(model, batch)
-                        if backwards:
-                            loss.backward()
-                        return loss
-                    loss = opt.step(closure)
-                else:
-                    loss = opt.step(lambda: loss_fn(model, batch))
-            else:
-                opt.zero_grad()
-                loss = loss_fn(model, batch)
-                loss.backward()
-                if spec.options.get("step_with_loss"):  # MoMo: step(loss=...) after backward
-                    opt.step(loss=loss.detach())
-                else:
-                    opt.step()
-            return float(loss.detach())
-        except FloatingPointError:  # autostep.NonFiniteLossError: the start loss is already NaN
-            return math.nan
-
-    def eval_mode(self) -> None:
-        if self.spec.train_eval_modes:
-            self.opt.eval()
-
-    def train_mode(self) -> None:
-        if self.spec.train_eval_modes:
-            self.opt.train()
-
-    def current_lr(self) -> float:
-        return _current_lr(self.opt, self.inner)
-
-
-def _current_lr(opt, inner) -> float:
-    """The step size in use: group["lr"] (times Prodigy's ``d``), or the published SaLSa's own."""
-    group = inner.param_groups[0]
-    lr = group.get("applied_lr", group.get("lr"))  # Autostep's lr is a multiplier
-    if lr is None:
-        lr = getattr(opt, "step_size", math.nan)
-    d = group.get("d")
-    if isinstance(d, (int, float)) and not isinstance(d, bool):
-        lr = lr * d
-    return float(lr)
 
 
 def warm_up(cfg: RunConfig) -> None:
@@ -391,7 +193,7 @@ def _train(task: Task, spec, cfg: RunConfig, warm: bool = False) -> dict:
     cpu0 = now()
     search_steps, peak_lr, search_note = 0, cfg.lr, ""
     if spec.kind == "selector" and not warm:
-        peak_lr, search_steps, search_note = _select_lr(spec, task, cfg)
+        peak_lr, search_steps, search_note = select_lr(spec, task, cfg)
     train_steps = max(0, steps - search_steps)
     st = Stepper(task, spec, cfg.seed, train_steps, peak_lr, total_steps=steps)
     opt, inner = st.opt, st.inner
@@ -400,7 +202,7 @@ def _train(task: Task, spec, cfg: RunConfig, warm: bool = False) -> dict:
     ema, curve_every = None, max(1, train_steps // CURVE_POINTS)
     check_every = max(1, train_steps // CHECKPOINTS)
     curve, l0 = [], None
-    for t, batch in enumerate(task.batches(train_steps, cfg.seed)):
+    for t, batch in enumerate(train_batches(task, train_steps, cfg.seed)):
         value = st.step(t, batch)
         if l0 is None:
             l0 = value

@@ -66,11 +66,12 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _problem(name: str, seed: int):
-    from ..problems import digits_mlp, fashion_mnist_mlp
+    from ..bench.tasks import DataMissing, demo_task
 
-    if name == "digits":
-        return digits_mlp(seed)
-    return fashion_mnist_mlp(seed)
+    try:
+        return demo_task(name, seed)
+    except DataMissing:
+        return None
 
 
 def run(args) -> int:

@@ -142,30 +142,44 @@ def rule_slide(lrs: Sequence[float], losses: Sequence[float], lr_diff: int = 15,
     return pick * adjust_value
 
 
-def rule_steepest(lrs: Sequence[float], raw_losses: Sequence[float], smooth_f: float = 0.05,
-                  diverge_th: float = 5.0, skip_start: int = 10, skip_end: int = 5) -> float:
+def rule_steepest(lrs: Sequence[float], raw_losses: Sequence[float], smooth_f: Optional[float] = 0.05,
+                  diverge_th: Optional[float] = 5.0, skip_start: int = 10, skip_end: int = 5, *,
+                  ends: bool = True) -> float:
     """Surmenok / torch-lr-finder ``steepest``: most negative index-gradient of the smoothed losses.
 
     ``raw_losses`` are the per-step losses; they are smoothed with :func:`ema_plain`, cut where the
     smoothed loss first exceeds ``diverge_th`` times its best so far (that point kept), and the first
     ``skip_start`` and last ``skip_end`` points dropped.  If too few points remain, all are used.
+
+    ``smooth_f=None`` takes the losses as already smoothed and ``diverge_th=None`` skips the cut (as
+    for torch-lr-finder's recorded ``history["loss"]``).  ``ends=False`` lets only the interior points
+    (central differences) compete, without the one-sided differences at the two ends, and returns the
+    middle rate of the whole curve when fewer than three points remain after the skips (the bench's
+    ``torch-lr-finder`` selector).
     """
-    _check_curve(lrs, raw_losses, 2)
-    sm = ema_plain(raw_losses, smooth_f)
-    best = math.inf
+    _check_curve(lrs, raw_losses, 2 if ends else 1)
+    sm = list(raw_losses) if smooth_f is None else ema_plain(raw_losses, smooth_f)
     cut = len(sm)
-    for i, v in enumerate(sm):
-        if i > 0 and (not math.isfinite(v) or v > diverge_th * best):
-            cut = i + 1
-            break
-        best = min(best, v)
+    if diverge_th is not None:
+        best = math.inf
+        for i, v in enumerate(sm):
+            if i > 0 and (not math.isfinite(v) or v > diverge_th * best):
+                cut = i + 1
+                break
+            best = min(best, v)
     lr_c, sm_c = list(lrs[:cut]), sm[:cut]
-    if len(sm_c) > skip_start + skip_end + 1:
-        lr_c, sm_c = lr_c[skip_start:len(lr_c) - skip_end], sm_c[skip_start:len(sm_c) - skip_end]
+    n = len(sm_c)
+    if not ends:
+        if n - skip_start - skip_end < 3:
+            return float(lrs[len(lrs) // 2])
+        lr_c, sm_c = lr_c[skip_start:n - skip_end], sm_c[skip_start:n - skip_end]
+    elif n > skip_start + skip_end + 1:
+        lr_c, sm_c = lr_c[skip_start:n - skip_end], sm_c[skip_start:n - skip_end]
     sm_c = [v if math.isfinite(v) else math.inf for v in sm_c]
     g = _gradient(sm_c)
     g = [v if math.isfinite(v) else math.inf for v in g]
-    return lr_c[min(range(len(g)), key=lambda j: g[j])]
+    candidates = range(len(g)) if ends else range(1, len(g) - 1)
+    return lr_c[min(candidates, key=lambda j: g[j])]
 
 
 def fastai_rules(lrs: Sequence[float], smoothed: Sequence[float], num_it: int) -> dict:
