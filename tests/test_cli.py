@@ -103,6 +103,24 @@ def test_demo_unknown_method(capsys):
     assert_one_line(code, err, "nosuch")
 
 
+def test_demo_trains_on_the_bench_digits_task_and_prints_its_table(monkeypatch):
+    import autostep.bench.tasks.fashion_mnist as fashion_mnist
+    from autostep.demo import run_demo
+
+    import warnings
+
+    printed = []
+    with warnings.catch_warnings():  # Adam's loss was converted with its graph attached (a UserWarning)
+        warnings.simplefilter("error", UserWarning)
+        runs = run_demo("digits", steps=4, methods=["Adam 1e-3", "SLS"], log_every=2, out=printed.append)
+    assert [r["method"] for r in runs] == ["Adam 1e-3", "SLS"]
+    assert all(math.isfinite(r["train_loss"]) and 0 <= r["test_acc"] <= 1 for r in runs)
+    assert any(line.startswith("| SLS |") for line in printed)
+    monkeypatch.setattr(fashion_mnist, "load_fashion_mnist", lambda data_dir=None: None)
+    with pytest.raises(SystemExit, match="not installed"):
+        run_demo("fmnist", steps=1, methods=["SLS"], out=printed.append)
+
+
 # ----------------------------------------------------------------------------- bench
 @pytest.mark.parametrize("where", ["existing_file", "under_file", "unwritable"])
 def test_bench_bad_out_is_reported_before_any_run(where, a_file, capsys, no_work):

@@ -167,7 +167,7 @@ def test_process_workers_give_the_sequential_peak():
 
 
 def test_the_benchs_keywords_are_accepted():
-    """bench/runner._select_lr probes find_lr's signature for these names."""
+    """bench/selectors.select_lr passes find_lr's signature for these names."""
     import inspect
 
     sig = inspect.signature(F.find_lr).parameters

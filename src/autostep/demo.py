@@ -64,7 +64,7 @@ def train_one(method: str, problem: str = "digits", steps: int = 600, seed: int 
             loss = prob.loss_fn(model, (xb, yb))
             loss.backward()
             opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if k % log_every == 0 or k == steps:
             window = losses[-log_every:]
             curve.append((k, sum(window) / len(window), opt.param_groups[0]["lr"]))
