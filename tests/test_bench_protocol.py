@@ -191,6 +191,7 @@ def test_headline_recommends_autostep_with_its_standing():
     assert rec == "Other" and "`Autostep` is not in this run" in text and "2 wins" in text
 
 
+@pytest.mark.slow
 def test_report_leaves_the_pyplot_backend_alone(tmp_path):
     """The report draws on its own Agg canvases: a user's backend (here svg) is never switched."""
     pytest.importorskip("matplotlib")
