@@ -72,7 +72,10 @@ def test_cosine_schedule_and_time_to_target():
 GPU_PROBLEMS = set(SUITES["gpu"])
 
 
-@pytest.mark.parametrize("name", [p for p in PROBLEMS if p not in GPU_PROBLEMS])
+# fmnist_cnn evaluates a CNN on the 60k training images (~3 s): slow; the other Fashion-MNIST
+# problems run the same data and evaluation path in the fast run
+@pytest.mark.parametrize("name", [pytest.param(p, marks=pytest.mark.slow) if p == "fmnist_cnn" else p
+                                  for p in PROBLEMS if p not in GPU_PROBLEMS])
 def test_every_problem_builds_and_trains_a_few_steps(name):
     try:
         task = build_problem(name, seed=0)
