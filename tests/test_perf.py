@@ -271,6 +271,19 @@ def test_finite_gradients_skip_the_slow_exact_check(monkeypatch, name):
     assert calls["n"] >= 1 and opt.nonfinite_steps == before
 
 
+def test_next_interval_doubles_keeps_halves_and_resets_on_drift():
+    from autostep.optim import _functional as F
+
+    assert F.next_interval(1, 1, 0.0, 10) == 2  # accepted at the first trial: double
+    assert F.next_interval(8, 1, 0.05, 10) == 10  # never above k_max
+    assert F.next_interval(4, 2, 0.05, 10) == 4  # one backtrack: keep
+    assert F.next_interval(4, 3, 0.05, 10) == 2  # more: halve
+    assert F.next_interval(1, 9, 0.05, 10) == 1
+    assert F.next_interval(8, 1, 0.6, 10) == 1  # the step size moved by > 50 % lately
+    assert F.next_interval(8, 1, math.nan, 10) == 1
+    assert F.next_interval(8, 1, 0.0, 1) == 1  # amortize off
+
+
 def test_amortised_reuse_skips_trial_snapshots_and_reads_once():
     """A reused step evaluates nothing after its first evaluation: one host read, no generator
     snapshot for trials, and the bookkeeping says so."""

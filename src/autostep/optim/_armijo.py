@@ -281,7 +281,7 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
                         self._apply_final(plan, segs, etas, line)
                     self._decay([(sg.params, sg.group["weight_decay"], e)
                                  for sg, e in zip(segs, etas)], line.w0)
-                    self._update_amortize(segs[0].eta, k_max)
+                    self._update_amortize(segs[0].eta, k_max, trials)
                 else:
                     line.restore()
                     ls["skipped"] += 1

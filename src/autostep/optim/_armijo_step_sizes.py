@@ -77,7 +77,7 @@ class StepSizes:
     def _finish_groups(self) -> None:
         """Hook after step sizes changed (PLASLS recomputes the group's summary lr)."""
 
-    def _update_amortize(self, eta: float, k_max: int) -> None:
+    def _update_amortize(self, eta: float, k_max: int, trials: int = 1) -> None:
         if k_max <= 1:
             return
         ls = self._ls
@@ -89,4 +89,4 @@ class StepSizes:
         ls["log_eta_fast"] = F.ema(ls["log_eta_fast"], le, 0.9)
         ls["log_eta_slow"] = F.ema(ls["log_eta_slow"], le, 0.99)
         drift = abs(ls["log_eta_fast"] - ls["log_eta_slow"])
-        ls["interval"] = F.amortize_interval(drift, k_max)
+        ls["interval"] = F.next_interval(ls["interval"], trials, drift, k_max)

@@ -18,6 +18,7 @@ __all__ = [
     "bias_corrected",
     "grow",
     "amortize_interval",
+    "next_interval",
 ]
 
 
@@ -70,3 +71,22 @@ def amortize_interval(drift: float, k_max: int) -> int:
     if k_max <= 1 or not math.isfinite(drift):
         return 1
     return int(max(1, min(k_max, math.floor(1.0 / max(drift, 1e-12)))))
+
+
+def next_interval(prev: int, trials: int, drift: float, k_max: int) -> int:
+    """The amortised mode's interval after a search (issue 13's drift rule).
+
+    Multiplicative increase, multiplicative decrease on what the search found: a search that
+    accepted its (grown) start step size at the first trial shows the reused step size was still
+    right, so the interval doubles (up to ``k_max``); one backtrack keeps it; more halve it.  The
+    drift ``|fast EMA - slow EMA|`` of ``log eta`` (see :func:`amortize_interval`) stays a guard: a
+    step size that moved by more than 50 % lately searches every step.
+    """
+    if k_max <= 1 or not math.isfinite(drift) or drift > 0.5:
+        return 1
+    prev = max(1, int(prev))
+    if trials <= 1:
+        return min(k_max, 2 * prev)
+    if trials == 2:
+        return min(k_max, prev)
+    return max(1, prev // 2)
