@@ -11,40 +11,14 @@ import torch
 from torch import nn
 
 import autostep.autolr.schedule as S
-from autostep.autolr import (AutoLR, SaturationMonitor, clip_eps, eps_bound, fit_quadratic,
+from autostep.autolr import (AutoLR, SaturationMonitor, clip_eps, eps_bound,
                              next_lr, probe_offsets, quadratic_argmin, should_rollback)
 from autostep.distributed import Reducer
 from autostep.bench.tasks import digits_mlp
 
 
 # ------------------------------------------------------------------------------------ pure math
-@pytest.mark.parametrize("n", [3, 5, 7])
-@pytest.mark.parametrize("lr,k", [(0.1, (2.3, -0.7, 4.1)), (1e-3, (0.41, 3e-3, 250.0)),
-                                  (1e-5, (1.7, -2e-4, 9e3)), (0.5, (0.02, 0.3, 1.5))])
-def test_fit_recovers_exact_quadratic(n, lr, k):
-    offs = probe_offsets(lr, 1.0, n, 0.5)
-    losses = [k[0] + k[1] * e + k[2] * e * e for e in offs]
-    k0, k1, k2 = fit_quadratic(offs, losses)
-    assert abs(k0 - k[0]) < 1e-9 * max(1, abs(k[0]))
-    assert abs(-k1 / (2 * k2) - (-k[1] / (2 * k[2]))) < 1e-6
-    assert quadratic_argmin(k1, k2) == pytest.approx(-k[1] / (2 * k[2]), abs=1e-6)
-
-
-def test_fit_matches_numpy_polyfit_on_noisy_samples():
-    rng = np.random.default_rng(0)
-    x = np.linspace(-0.05, 0.05, 5)
-    y = 1.0 + 0.3 * x + 7 * x ** 2 + rng.normal(0, 1e-3, 5)
-    c2, c1, c0 = np.polyfit(x, y, 2)
-    assert np.allclose(fit_quadratic(x.tolist(), y.tolist()), (c0, c1, c2), rtol=1e-9, atol=1e-12)
-
-
-def test_fit_rejects_degenerate_input():
-    with pytest.raises(ValueError, match="distinct"):
-        fit_quadratic([0.0, 0.0, 1.0], [1.0, 2.0, 3.0])
-    with pytest.raises(ValueError, match="one loss per offset"):
-        fit_quadratic([0.0, 1.0, 2.0], [1.0, 2.0])
-
-
+# (the quadratic fit itself: tests/test_quadratic.py)
 def test_argmin_without_minimum_points_downhill():
     assert quadratic_argmin(-1.0, 0.0) == math.inf
     assert quadratic_argmin(1.0, -2.0) == -math.inf

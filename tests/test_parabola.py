@@ -21,17 +21,6 @@ def test_fit3_recovers_parabola_and_matches_polyfit():
         P.fit3([0.0, 0.0, 1.0], [1.0, 2.0, 3.0])
 
 
-def test_fit_lsq_matches_numpy_polyfit():
-    rng = np.random.default_rng(1)
-    xs = np.linspace(-0.5, 1.5, 41) + 3.0
-    ys = 0.3 * xs ** 2 - 2 * xs + 1 + 0.01 * rng.normal(size=xs.size)
-    got = P.fit_lsq(xs.tolist(), ys.tolist())
-    assert got == pytest.approx(tuple(np.polyfit(xs, ys, 2)), rel=1e-7, abs=1e-9)
-    err = P.fit_error(xs, ys, got)
-    ref = np.mean(np.abs(np.polyval(np.polyfit(xs, ys, 2), xs) - ys))
-    assert err == pytest.approx(ref, rel=1e-6)
-
-
 def test_line_min_and_pal_cases():
     assert P.line_min(2.0, -4.0) == 1.0
     assert P.line_min(0.0, -1.0) is None and P.line_min(-1.0, -1.0) is None

@@ -29,6 +29,7 @@ from torch import nn
 from ._closure import BufferGuard, RNGSnapshot
 from ._outputs import check_not_meta
 from ._progress import progress_bar
+from ._quadratic import fit_parabola
 from .optim import _parabola as P
 
 __all__ = ["loss_along_lines", "plot", "LineRecord", "LinesResult", "OBSERVATION_1_THRESHOLD"]
@@ -273,8 +274,8 @@ def loss_along_lines(model: nn.Module,
             for p, w1 in zip(params, w_next):
                 p.copy_(w1)
         after.restore()
-        fit_f = P.fit_lsq(grid, f_losses)
-        fit_b = P.fit_lsq(grid, b_losses)
+        fit_f = fit_parabola(grid, f_losses) or (math.nan,) * 3
+        fit_b = fit_parabola(grid, b_losses) or (math.nan,) * 3
         s_f = P.line_min(fit_f[0], fit_f[1])
         s_b = P.line_min(fit_b[0], fit_b[1])
         best = grid[min(range(len(grid)), key=lambda i: f_losses[i])]

@@ -14,9 +14,10 @@ import torch
 
 from .._closure import RNGSnapshot
 from .._line import Line
+from .._quadratic import fit_parabola
 from .evaluate import SuperbatchLoss
 from .options import Options
-from .rules import clip_eps, eps_bound, fit_quadratic, next_lr, probe_offsets, quadratic_argmin
+from .rules import clip_eps, eps_bound, next_lr, probe_offsets, quadratic_argmin
 
 __all__ = ["estimate"]
 
@@ -68,7 +69,11 @@ def estimate(loss: SuperbatchLoss, batches: Callable[[], Iterable], params: list
     if not all(math.isfinite(v) for v in losses):
         entry["note"] = "non-finite probe loss; rate unchanged"
         return entry
-    k = fit_quadratic(offsets, losses)
+    fit = fit_parabola(offsets, losses)   # (k2, k1, k0): L(eps) ~ k0 + k1 eps + k2 eps^2
+    if fit is None:
+        raise ValueError(f"AutoLR: the quadratic fit is singular (probe offsets {offsets!r} are not "
+                         "distinct); raise num_samples or eps_threshold")
+    k = fit[::-1]   # logged in the paper's order (k0, k1, k2)
     e_min = quadratic_argmin(k[1], k[2])
     e, clipped = clip_eps(e_min, loss0, r)
     new = next_lr(rate, e, phase, options.min_lr_ratio)

@@ -1,5 +1,8 @@
-"""AutoLR's rules as pure functions on floats: the quadratic fit, the epsilon threshold, the sample
-offsets, the next rate, the rollback test and the saturation threshold.
+"""AutoLR's rules as pure functions on floats: the quadratic's minimum, the epsilon threshold, the
+sample offsets, the next rate, the rollback test and the saturation threshold.
+
+The least-squares fit of ``L(eps) = k0 + k1 eps + k2 eps^2`` itself is autostep's one parabola fit,
+:func:`autostep._quadratic.fit_parabola` (which returns ``(k2, k1, k0)``, highest degree first).
 
 Nothing here touches a model or an optimizer, so every rule is testable on plain numbers.  Section
 and equation numbers refer to *AutoLR: a method for automatic tuning of learning rate*
@@ -9,14 +12,11 @@ and equation numbers refer to *AutoLR: a method for automatic tuning of learning
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
-
-from .._linalg import solve3
+from typing import Optional
 
 __all__ = [
     "EXPLORE",
     "EXPLOIT",
-    "fit_quadratic",
     "quadratic_argmin",
     "eps_bound",
     "clip_eps",
@@ -27,38 +27,6 @@ __all__ = [
 ]
 
 EXPLORE, EXPLOIT = "explore", "exploit"
-
-
-def fit_quadratic(eps: Sequence[float], losses: Sequence[float]) -> tuple[float, float, float]:
-    """Least-squares fit ``losses ~ k0 + k1 * eps + k2 * eps**2``; returns ``(k0, k1, k2)``.
-
-    Computed in float64 on offsets scaled to ``[-1, 1]`` and losses centred on their mean, so tiny
-    offsets (Adam rates ~1e-4) are as well conditioned as large ones.  Needs at least three distinct
-    offsets; with exactly three it interpolates.
-    """
-    eps = [float(e) for e in eps]
-    ys = [float(y) for y in losses]
-    if len(eps) != len(ys):
-        raise ValueError(f"fit_quadratic needs one loss per offset, got {len(eps)} offsets and "
-                         f"{len(ys)} losses")
-    if len(set(eps)) < 3:
-        raise ValueError(f"fit_quadratic needs at least 3 distinct offsets, got {eps!r}")
-    h = max(abs(e) for e in eps)
-    xs = [e / h for e in eps]
-    ym = sum(ys) / len(ys)
-    yc = [y - ym for y in ys]
-    s = [sum(x ** p for x in xs) for p in range(5)]
-    t = [sum(y * x ** p for x, y in zip(xs, yc)) for p in range(3)]
-    a = [[s[0], s[1], s[2]], [s[1], s[2], s[3]], [s[2], s[3], s[4]]]
-    c0, c1, c2 = _solve3(a, t)
-    return c0 + ym, c1 / h, c2 / (h * h)
-
-
-def _solve3(a: list, b: list) -> list:
-    x = solve3(a, b)
-    if x is None:
-        raise ValueError("fit_quadratic: singular system (offsets not distinct)")
-    return x
 
 
 def quadratic_argmin(k1: float, k2: float) -> float:

@@ -37,7 +37,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
-from .._linalg import solve3
+
+from .._quadratic import fit_parabola
 
 __all__ = [
     "PICKS",
@@ -61,11 +62,6 @@ def log_midpoint(a: float, b: float) -> float:
     return 10.0 ** ((math.log10(a) + math.log10(b)) / 2.0)
 
 
-def _solve3(m: list, v: list) -> Optional[list]:
-    """Solve a 3x3 system (None if numerically singular)."""
-    return solve3(m, v, rtol=1e-12)
-
-
 def local_quadratic(xs: Sequence[float], ys: Sequence[float], i: int, smooth: float) -> tuple:
     """``(value, first derivative, second derivative)`` of a quadratic fitted around point ``i``.
 
@@ -86,32 +82,21 @@ def local_quadratic(xs: Sequence[float], ys: Sequence[float], i: int, smooth: fl
     if smooth <= 0:
         lo = min(max(i - 1, 0), n - 3)
         idx = range(lo, lo + 3)
-        weights = [1.0, 1.0, 1.0]
+        weights = None
         h = max(abs(xs[j] - x0) for j in idx) or 1.0
     else:
         dists = sorted(abs(x - x0) for j, x in enumerate(xs) if j != i)
         h = max(smooth, dists[1] / 2.0)
         idx = range(n)
         weights = [math.exp(-0.5 * ((xs[j] - x0) / h) ** 2) for j in idx]
-    # weighted least squares for y = a + b u + c u^2 with u = (x - x0) / h (well conditioned)
-    s = [0.0] * 5
-    t = [0.0] * 3
-    for w, j in zip(weights, idx):
-        if w < 1e-300:
-            continue
-        u = (xs[j] - x0) / h
-        p = 1.0
-        for k in range(5):
-            s[k] += w * p
-            if k < 3:
-                t[k] += w * p * ys[j]
-            p *= u
-    coef = _solve3([[s[0], s[1], s[2]], [s[1], s[2], s[3]], [s[2], s[3], s[4]]], t)
-    if coef is None:  # degenerate: fall back to the secant through the neighbours
+    # weighted least squares in u = (x - x0) / h (well conditioned), coefficients in x - x0
+    fit = fit_parabola([xs[j] for j in idx], [ys[j] for j in idx], weights, center=x0, scale=h,
+                       rtol=1e-12)
+    if fit is None:  # degenerate: fall back to the secant through the neighbours
         j0, j1 = max(i - 1, 0), min(i + 1, n - 1)
         return ys[i], (ys[j1] - ys[j0]) / (xs[j1] - xs[j0]), 0.0
-    a, b, c = coef
-    return a, b / h, 2.0 * c / (h * h)
+    a, b, c = fit
+    return c, b, 2.0 * a
 
 
 def derivatives(xs: Sequence[float], ys: Sequence[float], smooth: float = 0.15) -> tuple:

@@ -1,6 +1,8 @@
 """Pure math of the parabolic line searches (PAL, LABPAL, the ``lines`` diagnostic), on floats.
 
-Everything here works on Python floats (float64), so it can be unit-tested without torch.
+Everything here works on Python floats (float64), so it can be unit-tested without torch.  The
+least-squares parabola through many points is autostep's one fit, :func:`autostep._quadratic.fit_parabola`
+(same coefficient order).
 
 Conventions: a line is parametrised by the step ``s >= 0`` along a *descent* direction of unit
 length; ``l(s) = a s^2 + b s + c``; a parabola with ``a > 0`` and ``b < 0`` has its minimum at
@@ -15,11 +17,9 @@ from __future__ import annotations
 
 import math
 from typing import Optional, Sequence
-from .._linalg import solve3
 
 __all__ = [
     "fit3",
-    "fit_lsq",
     "evaluate",
     "fit_error",
     "line_min",
@@ -57,36 +57,6 @@ def fit3(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]
     # y = y0 + d01 (x - x0) + a (x - x0)(x - x1)
     b = d01 - a * (x0 + x1)
     c = y0 - d01 * x0 + a * x0 * x1
-    return a, b, c
-
-
-def fit_lsq(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float, float]:
-    """Least-squares parabola ``(a, b, c)`` through ``n >= 3`` points (like ``numpy.polyfit(x, y, 2)``).
-
-    Solved on centred and scaled positions for numerical stability, by Gaussian elimination with
-    partial pivoting on the 3x3 normal equations, then mapped back to the raw positions.
-    """
-    n = len(xs)
-    if n != len(ys) or n < 3:
-        raise ValueError("fit_lsq needs at least three (x, y) pairs")
-    xs = [float(x) for x in xs]
-    ys = [float(y) for y in ys]
-    m = sum(xs) / n
-    h = max(abs(x - m) for x in xs)
-    if h == 0.0:
-        raise ValueError("fit_lsq needs at least three distinct positions")
-    u = [(x - m) / h for x in xs]
-    # normal equations for y ~ p2 u^2 + p1 u + p0
-    s = [sum(ui ** k for ui in u) for k in range(5)]
-    t = [sum(yi * ui ** k for ui, yi in zip(u, ys)) for k in range(3)]
-    p = solve3([[s[4], s[3], s[2]], [s[3], s[2], s[1]], [s[2], s[1], s[0]]], [t[2], t[1], t[0]])
-    if p is None:
-        raise ValueError("fit_lsq needs at least three distinct positions")
-    p2, p1, p0 = p
-    # back to x: u = (x - m) / h
-    a = p2 / (h * h)
-    b = p1 / h - 2.0 * p2 * m / (h * h)
-    c = p0 - p1 * m / h + p2 * m * m / (h * h)
     return a, b, c
 
 
