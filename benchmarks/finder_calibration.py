@@ -38,7 +38,7 @@ from autostep.bench.streams import probe_batches, train_batches
 from autostep.bench.tasks import SUITES, build_problem
 from autostep.bench.runner import RunConfig, run_one
 from autostep.finder.peak import SCHEDULES
-from autostep.finder.search import TrialRunner
+from autostep.finder import TrialRunner
 from autostep.registry import HALF_DECADES_ADAM
 
 REAL = ("digits_mlp", "fmnist_logreg", "fmnist_mlp", "fmnist_cnn", "char_gpt")

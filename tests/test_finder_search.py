@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 import autostep.finder as F
 from autostep.cli import main as cli_main
 from autostep.finder.curve import analyze
-from autostep.finder.search import TrialRunner, search_curve
+from autostep.finder import TrialRunner, search_curve
 
 from test_finder_curve import EXACT, f
 

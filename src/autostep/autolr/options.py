@@ -16,7 +16,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from ..optim import _validate as V
+from .. import _validate as V
 
 __all__ = ["Options", "check_options", "check_objects", "group_lr", "seed_rates"]
 

@@ -9,7 +9,9 @@
 from .curve import PICKS, CurveAnalysis, analyze
 from .rangetest import range_test
 from .result import FinderResult, Trial, plot_results
-from .search import DEFAULT_LR_RANGE, NoViableRateError, TrialRunner, find_lr, search_curve
+from .refine import DEFAULT_LR_RANGE, search_curve
+from .search import NoViableRateError, find_lr
+from .trials import TrialRunner
 
 __all__ = [
     "find_lr",

@@ -22,7 +22,7 @@ descriptions:
   which is the log-lr axis for an exponential ramp).
 
 ``mode="reset"`` -- Wittmann's variant: each rate of a log-spaced grid is trained for ``steps`` steps
-from the same state (the reset trials of :class:`~autostep.finder.search.TrialRunner`) and the
+from the same state (the reset trials of :class:`~autostep.finder.trials.TrialRunner`) and the
 lowest validation loss wins (``lowest``).
 """
 
@@ -34,11 +34,13 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 from torch import nn
 
+from .. import _validate as V
 from .._closure import RNGSnapshot
 from .._progress import progress_bar
-from .search import (TrialRunner, _as_loss, _cycle, _check_int, _check_number, _check_reiterable,
-                     _ModelState)
+from .._snapshot import ModelState
+from .curve import analyze
 from .result import FinderResult, Trial
+from .trials import TrialRunner, cycle_batches
 
 __all__ = ["range_test", "ema_debiased", "ema_plain", "fastai_rules", "rule_min_div_10",
            "rule_steep", "rule_valley", "rule_slide", "rule_steepest", "RAMP_RULES"]
@@ -230,16 +232,16 @@ def range_test(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, tr
     if mode not in ("ramp", "reset"):
         raise ValueError(f"mode must be 'ramp' (single exponential ramp) or 'reset' (reset per rate), "
                          f"got {mode!r}")
-    start_lr = _check_number("start_lr", start_lr)
-    end_lr = _check_number("end_lr", end_lr)
+    start_lr = V.positive("start_lr", start_lr)
+    end_lr = V.positive("end_lr", end_lr)
     if not end_lr > start_lr:
         raise ValueError(f"end_lr must be larger than start_lr, got start_lr={start_lr!r}, "
                          f"end_lr={end_lr!r}")
     if mode == "reset":
         return _reset_test(model, make_optimizer, loss_fn, train_data, val_data, start_lr, end_lr,
                            steps, num, suggest, progress)
-    _check_int("num_it", num_it, 2)
-    stop_div = _check_number("stop_div", stop_div, low=1.0)
+    V.positive_int("num_it", num_it, 2)
+    stop_div = V.greater_than("stop_div", stop_div, 1.0)
     if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= beta < 1.0:
         raise ValueError(f"beta must be in [0, 1), got {beta!r}")
     suggest = "valley" if suggest is None else suggest
@@ -249,9 +251,9 @@ def range_test(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, tr
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if not callable(make_optimizer) or not callable(loss_fn):
         raise TypeError("make_optimizer(params, lr) and loss_fn(model, batch) must be callables")
-    _check_reiterable("train_data", train_data)
+    V.reiterable("train_data", train_data)
 
-    state, rng = _ModelState(model), RNGSnapshot()
+    state, rng = ModelState(model), RNGSnapshot()
     params = list(model.parameters())
     lrs, raw, smoothed, trials = [], [], [], []
     bar = progress_bar(progress, num_it, "range_test")
@@ -264,14 +266,14 @@ def range_test(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, tr
                             "return a torch.optim.Optimizer")
         base = [g["lr"] / start_lr for g in opt.param_groups]
         model.train()
-        batches = _cycle(train_data)
+        batches = cycle_batches(train_data)
         avg, best = 0.0, math.inf
         for i in range(num_it):
             lr = start_lr * (end_lr / start_lr) ** (i / (num_it - 1))
             for g, b in zip(opt.param_groups, base):
                 g["lr"] = lr * b
             opt.zero_grad(set_to_none=True)
-            loss = _as_loss(loss_fn(model, next(batches)), "on a training batch")
+            loss = V.check_loss(loss_fn(model, next(batches)), "on a training batch")
             value = float(loss.detach())
             lrs.append(lr)
             raw.append(value)
@@ -304,9 +306,7 @@ def range_test(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, tr
 
 def _reset_test(model, make_optimizer, loss_fn, train_data, val_data, start_lr, end_lr, steps, num,
                 suggest, progress) -> FinderResult:
-    from .curve import analyze
-
-    _check_int("num", num, 2)
+    V.positive_int("num", num, 2)
     if val_data is None:
         raise ValueError("mode='reset' scores each rate on validation data: pass val_data")
     suggest = "lowest" if suggest is None else suggest

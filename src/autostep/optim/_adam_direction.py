@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from . import _validate as V
+from .. import _validate as V
 from ._adam import AdamMoments, init_adam_state
 from ._armijo import ArmijoOptimizer
 from ._armijo_plan import Plan, Segment, decrease_terms, flat_weights

@@ -29,7 +29,7 @@ import torch
 
 from .._closure import NonFiniteLossError, unscale_grads
 from .._line import Line
-from . import _validate as V
+from .. import _validate as V
 from ._adam import all_zero
 from ._armijo_plan import Plan, Segment, Segments, decrease_terms, slopes
 from ._armijo_search import BacktrackingSearch

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from . import _functional as F
-from . import _validate as V
+from .. import _validate as V
 from ._armijo_plan import Segment
 
 __all__ = ["StepSizes", "AMORTIZE_WARMUP"]

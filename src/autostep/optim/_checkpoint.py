@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..distributed import Reducer, local
-from . import _validate as V
+from .. import _validate as V
 from ._state import OPTIONAL_LS, STATE_KEY, StepUndo
 
 __all__ = ["CheckpointMixin"]

@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 
 from .._closure import ClosureEvaluator, model_buffers
 from ..distributed import Reducer
-from . import _validate as V
+from .. import _validate as V
 from ._adam import sq_norm_float
 from ._checkpoint import CheckpointMixin
 from ._state import OPTIONAL_LS, STATE_KEY, StepUndo

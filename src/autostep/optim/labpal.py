@@ -13,7 +13,7 @@ import torch
 
 from .._closure import NonFiniteLossError
 from . import _parabola as P
-from . import _validate as V
+from .. import _validate as V
 from ._docs import PARABOLIC_DOC
 from ._labpal_direction import DirectionWindows
 from ._labpal_phases import Phases

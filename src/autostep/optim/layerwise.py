@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import _validate as V
+from .. import _validate as V
 from ._adam_direction import AdamArmijo
 from ._armijo import Segment
 from ._docs import ARMIJO_DOC

@@ -16,7 +16,7 @@ import torch
 from .._closure import NonFiniteLossError, unscale_grads
 from .._line import Line
 from . import _parabola as P
-from . import _validate as V
+from .. import _validate as V
 from ._adam import dot_float, sq_norm_float
 from ._docs import PARABOLIC_DOC
 from ._parabolic_base import ParabolicOptimizer

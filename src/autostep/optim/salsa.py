@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from . import _validate as V
+from .. import _validate as V
 from ._adam_direction import AdamDirection
 from ._armijo import ArmijoOptimizer, Plan, Segment, decrease_terms
 from ._armijo_plan import flat_weights, sq_norm_terms
