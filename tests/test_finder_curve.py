@@ -72,7 +72,7 @@ def test_known_answers_are_where_expected():
 @pytest.mark.parametrize("smooth", [0.0, 0.02])
 def test_dense_curve_recovers_exact_window_and_picks(smooth):
     xs = [X0 + i * 0.005 for i in range(int((X1 - X0) / 0.005) + 1)]
-    a = analyze([10 ** x for x in xs], [f(x) for x in xs], smooth=smooth)
+    a = analyze([10 ** x for x in xs], [f(x) for x in xs], smooth_decades=smooth)
     lo, hi = a.window
     assert abs(lg(hi) - EXACT["max_lr"]) < 0.01
     assert abs(lg(lo) - EXACT["min_lr"]) < 0.02
@@ -84,7 +84,7 @@ def test_dense_curve_recovers_exact_window_and_picks(smooth):
 
 def test_half_decade_grid_is_coarse_but_brackets_the_answers():
     xs = [X0 + 0.5 * i for i in range(13)]
-    a = analyze([10 ** x for x in xs], [f(x) for x in xs], smooth=0.0)
+    a = analyze([10 ** x for x in xs], [f(x) for x in xs], smooth_decades=0.0)
     lo, hi = a.window
     assert abs(lg(hi) - EXACT["max_lr"]) <= 0.25 + 1e-9
     assert abs(lg(lo) - EXACT["min_lr"]) <= 0.5 + 1e-9
@@ -118,7 +118,7 @@ def test_curvature_formula():
 
 
 def test_half_drop_is_interpolated_linearly_in_log_lr():
-    a = analyze([1e-3, 1e-2, 1e-1, 1.0], [2.0, 2.0, 1.0, 0.5], smooth=0.0)
+    a = analyze([1e-3, 1e-2, 1e-1, 1.0], [2.0, 2.0, 1.0, 0.5], smooth_decades=0.0)
     # top 2, min 0.5, target 1.25: between x=-2 (2.0) and x=-1 (1.0) at 3/4 of the way
     assert lg(a.picks["half_drop"]) == pytest.approx(-1.25)
     assert a.window[1] == pytest.approx(1.0)
@@ -128,7 +128,7 @@ def test_min_lr_is_left_of_half_drop_even_when_a_sharper_kink_is_right_of_it():
     # footnote 1: the curvature minimum is searched only left of the half-drop point
     lrs = [10 ** (-5 + 0.5 * i) for i in range(11)]
     losses = [2.30, 2.30, 2.29, 2.2, 1.9, 1.5, 1.2, 1.1, 0.4, 0.35, 0.9]
-    a = analyze(lrs, losses, smooth=0.0)
+    a = analyze(lrs, losses, smooth_decades=0.0)
     half = a.picks["half_drop"]
     assert a.window[0] <= half
     k_left = [k for x, k in zip(a.x, a.k) if x <= lg(half)]
@@ -144,8 +144,8 @@ def test_noisy_refined_cluster_smoothing_beats_raw_differences():
     xs += [EXACT["min_lr"] - 0.6 + 0.02 * i for i in range(61)]
     xs = sorted(set(round(x, 9) for x in xs))
     ys = [f(x) + rng.gauss(0, 0.003) for x in xs]
-    raw = analyze([10 ** x for x in xs], ys, smooth=0.0)
-    sm = analyze([10 ** x for x in xs], ys, smooth=0.15)
+    raw = analyze([10 ** x for x in xs], ys, smooth_decades=0.0)
+    sm = analyze([10 ** x for x in xs], ys, smooth_decades=0.15)
     err_raw = abs(lg(raw.window[0]) - EXACT["min_lr"])
     err_sm = abs(lg(sm.window[0]) - EXACT["min_lr"])
     assert err_sm < 0.1
@@ -156,8 +156,8 @@ def test_diverged_points_are_capped_not_infinite():
     xs = [X0 + 0.5 * i for i in range(13)]
     ys = [f(x) for x in xs]
     ys_div = ys[:-2] + [math.inf, math.nan]
-    a = analyze([10 ** x for x in xs], ys, smooth=0.0)
-    b = analyze([10 ** x for x in xs], ys_div, smooth=0.0)
+    a = analyze([10 ** x for x in xs], ys, smooth_decades=0.0)
+    b = analyze([10 ** x for x in xs], ys_div, smooth_decades=0.0)
     assert all(math.isfinite(v) for v in b.y + b.k)
     assert b.y[-1] == max(ys[:-2])
     assert b.window == a.window
@@ -178,8 +178,8 @@ def test_curve_that_never_decreases_gives_a_zero_width_window_with_a_note():
 def test_y_top_override_moves_half_drop():
     xs = [X0 + 0.25 * i for i in range(25)]
     ys = [f(x) for x in xs]
-    a = analyze([10 ** x for x in xs], ys, smooth=0.0)
-    b = analyze([10 ** x for x in xs], ys, smooth=0.0, y_top=ys[0] + 1.0)
+    a = analyze([10 ** x for x in xs], ys, smooth_decades=0.0)
+    b = analyze([10 ** x for x in xs], ys, smooth_decades=0.0, y_top=ys[0] + 1.0)
     # a higher "learn nothing" level raises the half-drop target: reached at a smaller rate
     assert b.picks["half_drop"] < a.picks["half_drop"]
     target = (ys[0] + 1.0 + min(ys)) / 2
@@ -194,8 +194,8 @@ def test_y_top_override_moves_half_drop():
         ([1e-2, 1e-3], [1.0, 2.0], {}, "strictly increasing"),
         ([0.0, 1e-3], [1.0, 2.0], {}, "positive"),
         ([-1e-3, 1e-3], [1.0, 2.0], {}, "positive"),
-        ([1e-3, 1e-2], [1.0, 2.0], {"smooth": -0.1}, "smooth"),
-        ([1e-3, 1e-2], [1.0, 2.0], {"smooth": math.nan}, "smooth"),
+        ([1e-3, 1e-2], [1.0, 2.0], {"smooth_decades": -0.1}, "smooth_decades"),
+        ([1e-3, 1e-2], [1.0, 2.0], {"smooth_decades": math.nan}, "smooth_decades"),
         ([], [], {}, "empty"),
     ],
 )

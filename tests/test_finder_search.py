@@ -143,7 +143,7 @@ def synthetic(lrs):
 def test_refinement_converges_to_the_known_answers():
     errors = {}
     for tol in (0.125, 0.03):
-        points, a, info = search_curve(synthetic, (1e-6, 1.0), tol=tol, smooth=0.0)
+        points, a, info = search_curve(synthetic, (1e-6, 1.0), tol=tol, smooth_decades=0.0)
         got = {"max_lr": a.x[a.i_min], "min_lr": a.x[a.i_knee], "half_drop": a.half_x,
                "steepest": a.x[a.i_steep]}
         errors[tol] = {k: abs(got[k] - EXACT[k]) for k in got}
@@ -161,17 +161,17 @@ def test_refinement_converges_to_the_known_answers():
 
 
 def test_refinement_spends_far_fewer_points_than_a_fine_grid():
-    points, a, _ = search_curve(synthetic, (1e-6, 1.0), tol=0.03, smooth=0.0)
+    points, a, _ = search_curve(synthetic, (1e-6, 1.0), tol=0.03, smooth_decades=0.0)
     assert len(points) < 50  # a 0.03-decade grid over 6 decades would need 200 points
 
 
 def test_grid_is_extended_when_the_minimum_lands_on_an_edge():
     # the minimum (about 10**-1.8) is far right of the initial span: extend right
-    points, a, info = search_curve(synthetic, (1e-6, 1e-4), tol=0.125, smooth=0.0, max_extend=10)
+    points, a, info = search_curve(synthetic, (1e-6, 1e-4), tol=0.125, smooth_decades=0.0, max_extend=10)
     assert info["extended_right"] >= 4
     assert abs(a.x[a.i_min] - EXACT["max_lr"]) <= 0.125
     # the drop starts left of the span: extend left until the small-lr end is flat
-    points, a, info = search_curve(synthetic, (10 ** -2.5, 1.0), tol=0.125, smooth=0.0)
+    points, a, info = search_curve(synthetic, (10 ** -2.5, 1.0), tol=0.125, smooth_decades=0.0)
     assert info["extended_left"] >= 2
     assert min(points) <= -4.0
     assert abs(a.half_x - EXACT["half_drop"]) <= 0.125
@@ -184,7 +184,7 @@ def test_divergent_trials_end_the_coarse_grid_and_count_as_high_losses():
         seen.extend(lrs)
         return [(math.inf,) if lr > 10 ** -1.2 else (f(math.log10(lr)),) for lr in lrs]
 
-    points, a, info = search_curve(diverging, (1e-6, 100.0), tol=0.125, smooth=0.0)
+    points, a, info = search_curve(diverging, (1e-6, 100.0), tol=0.125, smooth_decades=0.0)
     # 0.1 and 0.316 diverge: the rest of the coarse grid (1 .. 100) is never trained
     assert info["skipped"] == 5
     assert max(seen) < 1.0
@@ -214,7 +214,7 @@ def test_find_lr_result_fields_and_picks():
     lo, hi = r.window
     assert lo <= r.picks["steepest"] <= hi
     assert r.picks["log_midpoint"] == pytest.approx(math.sqrt(lo * hi))
-    a = analyze(*zip(*sorted((t.lr, t.val_loss) for t in r.trials)), smooth=0.15)
+    a = analyze(*zip(*sorted((t.lr, t.val_loss) for t in r.trials)), smooth_decades=0.15)
     assert a.window == pytest.approx(r.window)
     assert len({t.lr for t in r.trials}) == len(r.trials)  # no rate trained twice
     assert r.steps_spent == 8 * len(r.trials) - sum(8 - t.steps for t in r.trials)
@@ -261,7 +261,7 @@ def test_seeds_give_a_spread():
         (dict(seeds="abc"), ValueError, "integers"),
         (dict(tol=-0.1), ValueError, "tol"),
         (dict(diverge=0.5), ValueError, "diverge"),
-        (dict(smooth=-1), ValueError, "smooth"),
+        (dict(smooth_decades=-1), ValueError, "smooth_decades"),
         (dict(executor=42), TypeError, "executor"),
     ],
 )
@@ -274,6 +274,24 @@ def test_bad_arguments_raise_clear_errors(change, exc, match):
     with pytest.raises(exc, match=match):
         F.find_lr(**kw)
     assert_same(model, before)
+
+
+def test_old_smooth_keyword_still_works_with_a_deprecation_warning():
+    """find_lr's bandwidth was called ``smooth`` (SALSA's ``smooth`` is an EMA factor)."""
+    model, train, val = tiny(dropout=0.0, bn=False)
+    batches = list(DataLoader(train.dataset, batch_size=16))
+    kw = dict(steps=3, tol=0.5, progress=False, lr_range=(1e-3, 1e-1))
+    new = F.find_lr(model, sgd, mse, batches, val, smooth_decades=0.0, **kw)
+    with pytest.warns(DeprecationWarning, match="smooth_decades"):
+        old = F.find_lr(model, sgd, mse, batches, val, smooth=0.0, **kw)
+    assert old.picks == new.picks and old.curve.smooth_decades == 0.0
+    with pytest.raises(TypeError, match="only smooth_decades"):
+        F.find_lr(model, sgd, mse, batches, val, smooth=0.0, smooth_decades=0.3, **kw)
+    with pytest.warns(DeprecationWarning, match="smooth_decades"):
+        a = analyze([1e-3, 1e-2, 1e-1, 1.0], [2.0, 1.5, 1.0, 3.0], smooth=0.0)
+    assert a.d1 == analyze([1e-3, 1e-2, 1e-1, 1.0], [2.0, 1.5, 1.0, 3.0], smooth_decades=0.0).d1
+    with pytest.warns(DeprecationWarning, match="smooth_decades"):
+        search_curve(lambda lrs: [(1.0,) for _ in lrs], (1e-3, 1e-1), smooth=0.0)
 
 
 def test_non_finite_initial_loss_is_reported():

@@ -10,13 +10,15 @@ shows the bad value and says what is expected.  One check of each kind lives her
   :func:`increasing_pair`, and :func:`step_lr` for a rate read at step time;
 * data: :func:`reiterable` (batches that every trial can iterate again);
 * losses: :func:`check_loss` (what a ``loss_fn`` or closure returned is a scalar tensor);
-* tensors: :func:`tensor_list_finite` (exact) and :func:`finite_hint` (fast).
+* tensors: :func:`tensor_list_finite` (exact) and :func:`finite_hint` (fast);
+* renamed keywords: :func:`renamed_keyword` (the old name still works, with a DeprecationWarning).
 """
 
 from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -24,7 +26,7 @@ import torch
 
 __all__ = ["finite", "positive", "nonnegative", "greater_than", "open_unit", "half_open_unit",
            "positive_int", "betas", "choice", "increasing_pair", "step_lr", "reiterable",
-           "check_loss", "tensor_list_finite", "finite_hint"]
+           "check_loss", "tensor_list_finite", "finite_hint", "renamed_keyword"]
 
 
 def finite(name: str, value: Any, hint: str = "") -> float:
@@ -205,3 +207,21 @@ def finite_hint(ts) -> "torch.Tensor":
         return torch.stack(norms).sum()
     except RuntimeError:  # norms on several devices
         return torch.stack([n.to(norms[0].device) for n in norms]).sum()
+
+
+def renamed_keyword(where: str, old: str, old_value: Any, new: str, new_value: Any,
+                    default: Any) -> Any:
+    """The value of a keyword argument renamed from ``old`` to ``new``.
+
+    ``old_value`` is what the caller passed under the old name (``None``: not passed); it wins,
+    with a ``DeprecationWarning``.  Passing both names (``new_value`` not its ``default``) is a
+    ``TypeError``.
+    """
+    if old_value is None:
+        return new_value
+    if new_value != default:
+        raise TypeError(f"{where}() got both {old}= and {new}=; pass only {new}= "
+                        f"({old}= is its old name)")
+    warnings.warn(f"{where}(): the keyword {old}= is now called {new}=; the old name will be "
+                  "removed", DeprecationWarning, stacklevel=3)
+    return old_value

@@ -9,9 +9,9 @@ The curve
     the validation loss ``y_i`` reached after a few training steps at that rate.
 
 Derivatives
-    ``y'`` and ``y''`` at each point come from a quadratic fitted around it.  With ``smooth=0`` the
+    ``y'`` and ``y''`` at each point come from a quadratic fitted around it.  With ``smooth_decades=0`` the
     quadratic goes through the point and its two neighbours, i.e. the classic non-uniform
-    three-point finite differences of the paper's grid.  With ``smooth=h > 0`` (decades) it is a
+    three-point finite differences of the paper's grid.  With ``smooth_decades=h > 0`` (decades) it is a
     Gaussian-weighted least-squares quadratic of bandwidth ``max(h, d2/2)``, where ``d2`` is the
     distance to the second-nearest other point.  On a half-decade grid the bandwidth is 0.25, the two
     neighbours get weight ``e^-2`` and the next ones ``e^-8``, so the result is practically the
@@ -38,7 +38,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
+from .. import _validate as V
 from .._quadratic import fit_parabola
+from .._validate import renamed_keyword
 
 __all__ = [
     "PICKS",
@@ -62,12 +64,12 @@ def log_midpoint(a: float, b: float) -> float:
     return 10.0 ** ((math.log10(a) + math.log10(b)) / 2.0)
 
 
-def local_quadratic(xs: Sequence[float], ys: Sequence[float], i: int, smooth: float) -> tuple:
+def local_quadratic(xs: Sequence[float], ys: Sequence[float], i: int, smooth_decades: float) -> tuple:
     """``(value, first derivative, second derivative)`` of a quadratic fitted around point ``i``.
 
-    ``smooth = 0``: the quadratic through point ``i`` and its two nearest neighbours in index (at the
-    ends: the first or last three points).  ``smooth > 0``: Gaussian-weighted least squares over all
-    points with bandwidth ``max(smooth, d2 / 2)`` (``d2``: distance to the second-nearest point).
+    ``smooth_decades = 0``: the quadratic through point ``i`` and its two nearest neighbours in index
+    (at the ends: the first or last three points).  ``smooth_decades > 0``: Gaussian-weighted least
+    squares over all points with bandwidth ``max(smooth_decades, d2 / 2)`` (``d2``: distance to the second-nearest point).
     With fewer than three points the derivatives fall back to a line (or zero).
     """
     n = len(xs)
@@ -79,14 +81,14 @@ def local_quadratic(xs: Sequence[float], ys: Sequence[float], i: int, smooth: fl
     if n == 2:
         slope = (ys[1] - ys[0]) / (xs[1] - xs[0])
         return ys[i], slope, 0.0
-    if smooth <= 0:
+    if smooth_decades <= 0:
         lo = min(max(i - 1, 0), n - 3)
         idx = range(lo, lo + 3)
         weights = None
         h = max(abs(xs[j] - x0) for j in idx) or 1.0
     else:
         dists = sorted(abs(x - x0) for j, x in enumerate(xs) if j != i)
-        h = max(smooth, dists[1] / 2.0)
+        h = max(smooth_decades, dists[1] / 2.0)
         idx = range(n)
         weights = [math.exp(-0.5 * ((xs[j] - x0) / h) ** 2) for j in idx]
     # weighted least squares in u = (x - x0) / h (well conditioned), coefficients in x - x0
@@ -99,13 +101,13 @@ def local_quadratic(xs: Sequence[float], ys: Sequence[float], i: int, smooth: fl
     return c, b, 2.0 * a
 
 
-def derivatives(xs: Sequence[float], ys: Sequence[float], smooth: float = 0.15) -> tuple:
+def derivatives(xs: Sequence[float], ys: Sequence[float], smooth_decades: float = 0.15) -> tuple:
     """Smoothed values, first and second derivatives of ``ys`` along ``xs`` (see the module doc).
 
     ``xs`` must be strictly increasing.  Returns three lists of the same length as ``xs``.
     """
     _check_xy(xs, ys)
-    fits = [local_quadratic(xs, ys, i, smooth) for i in range(len(xs))]
+    fits = [local_quadratic(xs, ys, i, smooth_decades) for i in range(len(xs))]
     return [f[0] for f in fits], [f[1] for f in fits], [f[2] for f in fits]
 
 
@@ -158,7 +160,7 @@ class CurveAnalysis:
     half_x: float
     i_knee: int
     i_steep: int
-    smooth: float
+    smooth_decades: float
     notes: list = field(default_factory=list)
 
     @property
@@ -195,8 +197,8 @@ class CurveAnalysis:
         }
 
 
-def analyze(lrs: Sequence[float], losses: Sequence[float], smooth: float = 0.15,
-            y_top: Optional[float] = None) -> CurveAnalysis:
+def analyze(lrs: Sequence[float], losses: Sequence[float], smooth_decades: float = 0.15,
+            y_top: Optional[float] = None, *, smooth: Optional[float] = None) -> CurveAnalysis:
     """Window and picks of a learning-rate/loss curve (sections 3.1-3.2 with footnote 1).
 
     Parameters
@@ -206,8 +208,9 @@ def analyze(lrs: Sequence[float], losses: Sequence[float], smooth: float = 0.15,
     losses:
         The loss reached at each rate; non-finite values (diverged trials) are capped with
         :func:`cap_losses`.
-    smooth:
+    smooth_decades:
         Bandwidth in decades of the local quadratic fits (0: the paper's plain finite differences).
+        (``smooth=`` is its old, deprecated name.)
     y_top:
         The loss of "learning nothing" (lr -> 0).  Default: the (smoothed) value at the smallest lr.
 
@@ -219,11 +222,13 @@ def analyze(lrs: Sequence[float], losses: Sequence[float], smooth: float = 0.15,
     for lr in lrs:
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and math.isfinite(lr)):
             raise ValueError(f"learning rates must be positive finite numbers, got {lr!r}")
-    if isinstance(smooth, bool) or not isinstance(smooth, (int, float)) or not (smooth >= 0 and math.isfinite(smooth)):
-        raise ValueError(f"smooth must be a number of decades >= 0 (0 disables smoothing), got {smooth!r}")
+    smooth_decades = renamed_keyword("analyze", "smooth", smooth, "smooth_decades", smooth_decades,
+                                     0.15)
+    bandwidth = V.nonnegative("smooth_decades", smooth_decades,
+                              " (a bandwidth in decades; 0 disables smoothing)")
     xs = [math.log10(v) for v in lrs]
     y = cap_losses([float(v) for v in losses])
-    ys, d1, d2 = derivatives(xs, y, float(smooth))
+    ys, d1, d2 = derivatives(xs, y, bandwidth)
     k = curvature(d1, d2)
     notes = []
     n = len(xs)
@@ -233,7 +238,7 @@ def analyze(lrs: Sequence[float], losses: Sequence[float], smooth: float = 0.15,
     if i_min == 0 or top <= y_min:
         notes.append("the curve does not decrease: its minimum is at the smallest learning rate")
         return CurveAnalysis(xs, y, ys, d1, d2, k, top, y_min, i_min, xs[i_min], i_min, i_min,
-                             float(smooth), notes)
+                             bandwidth, notes)
     # method 2 / footnote: where half of the possible reduction is reached, going left from the min
     target = top - 0.5 * (top - y_min)
     half_x = xs[0]
@@ -252,4 +257,4 @@ def analyze(lrs: Sequence[float], losses: Sequence[float], smooth: float = 0.15,
     inside = [i for i in range(i_knee, i_min + 1)]
     i_steep = min(inside, key=lambda i: (d1[i], i))
     return CurveAnalysis(xs, y, ys, d1, d2, k, top, y_min, i_min, half_x, i_knee, i_steep,
-                         float(smooth), notes)
+                         bandwidth, notes)

@@ -326,7 +326,7 @@ def _reset_test(model, make_optimizer, loss_fn, train_data, val_data, start_lr, 
             if bar is not None:
                 bar.close()
     best = min(trials, key=lambda t: t.val_loss)
-    curve = analyze(lrs, [t.val_loss for t in trials], smooth=0.0)
+    curve = analyze(lrs, [t.val_loss for t in trials], smooth_decades=0.0)
     return FinderResult(lr=best.lr, window=None, picks={"lowest": best.lr}, pick="lowest",
                         trials=trials, spread={}, steps_spent=sum(t.steps for t in trials),
                         method="reset_per_rate", curve=curve, info={"steps": steps})

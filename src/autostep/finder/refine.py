@@ -9,7 +9,7 @@ decades (``lr-step-sampling-search.txt``).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Optional
 
 from .. import _validate as V
 from .curve import analyze
@@ -26,7 +26,7 @@ def _key(x: float) -> float:
     return round(x, 9)
 
 
-def _refine(run, mean_curve, points, info, lo, hi, tol, smooth, max_rounds, max_extend, plateau,
+def _refine(run, mean_curve, points, info, lo, hi, tol, smooth_decades, max_rounds, max_extend, plateau,
             width, patience) -> None:
     """The coarse grid and the refinement rounds of :func:`search_curve` (fills ``points``)."""
     lx, hx = math.log10(lo), math.log10(hi)
@@ -46,7 +46,7 @@ def _refine(run, mean_curve, points, info, lo, hi, tol, smooth, max_rounds, max_
             break
 
     xs, ys = mean_curve()
-    analysis = analyze([10.0 ** x for x in xs], ys, smooth)
+    analysis = analyze([10.0 ** x for x in xs], ys, smooth_decades)
     left_bound, right_bound = lx - _GRID * max_extend, hx + _GRID * max_extend
     for _ in range(max_rounds):
         new = []
@@ -77,14 +77,15 @@ def _refine(run, mean_curve, points, info, lo, hi, tol, smooth, max_rounds, max_
         info["rounds"] += 1
         run(new)
         xs_, ys = mean_curve()
-        analysis = analyze([10.0 ** x for x in xs_], ys, smooth)
+        analysis = analyze([10.0 ** x for x in xs_], ys, smooth_decades)
     else:
         info["notes"].append(f"stopped after max_rounds={max_rounds} rounds of refinement")
 
 
 def search_curve(evaluate: Callable[[list], list], lr_range=DEFAULT_LR_RANGE, *, tol: float = 0.125,
-                 smooth: float = 0.15, max_rounds: int = 10, max_extend: int = 6,
-                 plateau: float = 0.05, width: int = 1, patience: int = 2) -> tuple:
+                 smooth_decades: float = 0.15, max_rounds: int = 10, max_extend: int = 6,
+                 plateau: float = 0.05, width: int = 1, patience: int = 2,
+                 smooth: Optional[float] = None) -> tuple:
     """The adaptive evaluation of section 3.3 over any ``evaluate(lrs) -> [per-seed losses]``.
 
     1. A coarse grid at half-decade spacing over ``lr_range``, evaluated from small to large rates in
@@ -97,9 +98,14 @@ def search_curve(evaluate: Callable[[list], list], lr_range=DEFAULT_LR_RANGE, *,
        ``half_drop``, ``steepest``) and each neighbour farther than ``tol`` decades (the bracketing
        pair for the interpolated ``half_drop``).  Stop when nothing is added or after ``max_rounds``.
 
+    ``smooth_decades`` is the curve's bandwidth (:func:`~autostep.finder.curve.analyze`;
+    ``smooth=`` is its old, deprecated name).
+
     Returns ``(points, analysis, info)``: ``points`` maps log10(lr) to the tuple of per-seed losses,
     ``analysis`` is the :class:`~autostep.finder.curve.CurveAnalysis` of the mean curve.
     """
+    smooth_decades = V.renamed_keyword("search_curve", "smooth", smooth, "smooth_decades",
+                                       smooth_decades, 0.15)
     lo, hi = V.increasing_pair("lr_range", lr_range)
     tol = V.positive("tol", tol, " (decades within which each point of interest is known)")
     V.positive_int("max_rounds", max_rounds, 0)
@@ -129,7 +135,7 @@ def search_curve(evaluate: Callable[[list], list], lr_range=DEFAULT_LR_RANGE, *,
         return xs, ys
 
     try:
-        _refine(run, mean_curve, points, info, lo, hi, tol, smooth, max_rounds, max_extend,
+        _refine(run, mean_curve, points, info, lo, hi, tol, smooth_decades, max_rounds, max_extend,
                 plateau, width, patience)
     except BudgetExhausted:
         info["budget_exhausted"] = True
@@ -137,6 +143,6 @@ def search_curve(evaluate: Callable[[list], list], lr_range=DEFAULT_LR_RANGE, *,
     if not points:
         raise ValueError("the step budget does not fit a single trial; raise budget=")
     xs, ys = mean_curve()
-    analysis = analyze([10.0 ** x for x in xs], ys, smooth)
+    analysis = analyze([10.0 ** x for x in xs], ys, smooth_decades)
     info["notes"].extend(analysis.notes)
     return points, analysis, info

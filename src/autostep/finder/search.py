@@ -78,11 +78,12 @@ def _normalise_seeds(seeds) -> list:
 
 def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train_data: Iterable,
             val_data: Iterable, steps: int = 20, *, lr_range=DEFAULT_LR_RANGE, tol: float = 0.125,
-            pick: str = "log_midpoint", seeds=None, smooth: float = 0.15, diverge: float = 4.0,
+            pick: str = "log_midpoint", seeds=None, smooth_decades: float = 0.15, diverge: float = 4.0,
             max_rounds: int = 10, max_extend: int = 6, eval_mode: bool = True, executor=None,
             workers: int = 2, progress: Optional[bool] = None,
             reducer: Optional[Reducer] = None, schedule: Optional[str] = None,
-            total_steps: Optional[int] = None, budget: Optional[int] = None) -> FinderResult:
+            total_steps: Optional[int] = None, budget: Optional[int] = None,
+            smooth: Optional[float] = None) -> FinderResult:
     """Search the learning rate by step sampling with reset (``lr-step-sampling-search.txt``).
 
     Parameters
@@ -116,9 +117,11 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
         integer ``n`` or a list of seeds: each rate is trained once per seed (``torch.manual_seed``,
         and a seed-permuted order of a list of batches); decisions use the mean curve and
         ``result.spread`` gives each pick's range over the seeds' own curves.
-    smooth:
+    smooth_decades:
         Bandwidth (decades) of the local quadratic fits behind derivatives and curvature;
         0 = the paper's plain finite differences (see :mod:`autostep.finder.curve`).
+        ``smooth=`` is its old name, still accepted with a ``DeprecationWarning`` (in SALSA
+        ``smooth`` is an EMA factor, a different thing).
     diverge:
         A trial whose training loss is non-finite or exceeds ``diverge`` times its first loss stops
         early and counts as a high loss.
@@ -175,7 +178,10 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
                    f" (at least two trials of two steps for each of the {len(seed_list)} seeds)")
         V.positive_int("steps", steps, 1, " (training steps per trial; the paper uses 20)")
         steps = trial_steps(budget, steps, len(seed_list))
-    smooth = V.nonnegative("smooth", smooth, " (bandwidth in decades; 0 disables smoothing)")
+    smooth_decades = V.renamed_keyword("find_lr", "smooth", smooth, "smooth_decades",
+                                       smooth_decades, 0.15)
+    smooth_decades = V.nonnegative("smooth_decades", smooth_decades,
+                                   " (bandwidth in decades; 0 disables smoothing)")
     V.positive_int("workers", workers, 1)
     reducer = reducer or Reducer()
     if executor is not None and reducer.active:
@@ -200,10 +206,10 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
     try:
         evaluator = TrialEvaluator(runner, payload, seed_list, executor, workers, bar, budget)
         if schedule is not None:
-            return _find_peak(runner, evaluator, lr_range, tol, smooth, schedule, budget,
+            return _find_peak(runner, evaluator, lr_range, tol, smooth_decades, schedule, budget,
                               total_steps)
         points, analysis, info = search_curve(
-            evaluator, lr_range, tol=tol, smooth=smooth, max_rounds=max_rounds,
+            evaluator, lr_range, tol=tol, smooth_decades=smooth_decades, max_rounds=max_rounds,
             max_extend=max_extend, width=evaluator.width)
     finally:
         if evaluator is not None:
@@ -216,7 +222,7 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
         xs = sorted(points)
         per_seed = []
         for s in range(len(seed_list)):
-            a = analyze([10.0 ** x for x in xs], [points[x][s] for x in xs], smooth)
+            a = analyze([10.0 ** x for x in xs], [points[x][s] for x in xs], smooth_decades)
             per_seed.append(a.picks)
         spread = {name: (min(p[name] for p in per_seed), max(p[name] for p in per_seed))
                   for name in PICKS}
@@ -232,8 +238,9 @@ def find_lr(model: nn.Module, make_optimizer: Callable, loss_fn: Callable, train
     return result
 
 
-def _find_peak(runner: TrialRunner, evaluator: "TrialEvaluator", lr_range, tol: float, smooth: float,
-               schedule: str, budget: Optional[int], total_steps: Optional[int]) -> FinderResult:
+def _find_peak(runner: TrialRunner, evaluator: TrialEvaluator, lr_range, tol: float,
+               smooth_decades: float, schedule: str, budget: Optional[int],
+               total_steps: Optional[int]) -> FinderResult:
     """The schedule-aware search (:mod:`autostep.finder.peak`): the peak rate for ``schedule``."""
     y0 = runner.initial_loss()
 
@@ -243,7 +250,7 @@ def _find_peak(runner: TrialRunner, evaluator: "TrialEvaluator", lr_range, tol: 
 
     best, points, info = peak_search(evaluate, y0, V.increasing_pair("lr_range", lr_range), tol=tol)
     xs = sorted(points)
-    analysis = analyze([10.0 ** x for x in xs], [points[x] for x in xs], smooth, y_top=y0)
+    analysis = analyze([10.0 ** x for x in xs], [points[x] for x in xs], smooth_decades, y_top=y0)
     scale = PEAK_SCALE[schedule]
     lr = math.nan if best is None else best * scale
     picks = dict(analysis.picks, best=math.nan if best is None else best, peak=lr)
