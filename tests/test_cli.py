@@ -43,13 +43,13 @@ def assert_one_line(code, err, match):
 def no_work(monkeypatch):
     """Fail the test if any training starts (the checks must come first)."""
     import autostep.bench.harness as harness
-    import autostep.finder.search as search
+    import autostep.finder as finder
     import autostep.lines as lines
 
     def boom(*a, **k):
         pytest.fail("work started before the bad input was reported")
 
-    monkeypatch.setattr(search, "find_lr", boom)
+    monkeypatch.setattr(finder, "find_lr", boom)
     monkeypatch.setattr(lines, "loss_along_lines", boom, raising=False)
     monkeypatch.setattr(harness, "run_bench", boom)
 

@@ -147,7 +147,7 @@ def test_plot_leaves_the_pyplot_backend_alone(tmp_path):
         (dict(steps=0), ValueError, "steps must be an integer >= 1"),
         (dict(every=0), ValueError, "every"),
         (dict(batch_size=0), ValueError, "batch_size"),
-        (dict(lr=-1.0), ValueError, "lr must be a positive finite number"),
+        (dict(lr=-1.0), ValueError, "lr must be > 0"),
         (dict(lr=float("nan")), ValueError, "lr must be"),
         (dict(large_batch=0), ValueError, "large_batch"),
         (dict(at=[99]), ValueError, "at must list"),

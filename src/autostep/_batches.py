@@ -1,4 +1,8 @@
-"""Mini-batches drawn epoch by epoch from in-memory tensors (used by ``lines`` and the bench tasks)."""
+"""Mini-batches from tensors: seeded epochs of permutations, and fixed-size chunks.
+
+Library code (the loss-along-lines diagnostic) and the bench tasks (``autostep.bench.tasks``) draw
+their batches here, so the library never imports the tasks.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["epoch_batches"]
+__all__ = ["epoch_batches", "chunks"]
 
 
 def epoch_batches(tensors: tuple, n: int, batch_size: int, generator: torch.Generator) -> Iterator[tuple]:
@@ -20,3 +24,12 @@ def epoch_batches(tensors: tuple, n: int, batch_size: int, generator: torch.Gene
         idx = perm[pos:pos + batch_size]
         pos += batch_size
         yield tuple(t[idx] for t in tensors)
+
+
+def chunks(tensors: tuple, size: int) -> Iterator[tuple]:
+    """Consecutive slices of at most ``size`` rows of ``tensors``, each with its row count:
+    ``(*slices, rows)``."""
+    total = len(tensors[0])
+    for i in range(0, total, size):
+        part = tuple(t[i:i + size] for t in tensors)
+        yield (*part, len(part[0]))

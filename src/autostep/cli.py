@@ -16,7 +16,7 @@ SUBCOMMAND_MODULES = (
     "autostep.bench.cli",
     "autostep.demo",
     "autostep.cli_lines",
-    "autostep.finder.cli",
+    "autostep.cli_find_lr",
 )
 
 

@@ -37,9 +37,12 @@ def register(subparsers) -> None:
     p.add_argument("--problem", choices=("digits", "fmnist", "fashion"), default="digits",
                    help="digits (default) or fmnist (alias: fashion; needs dataset-fashion-mnist)")
     p.add_argument("--optimizer", default="sgd",
-                   choices=("sgd", "adam", "pal", "labpal", "labpal-sgd", "labpal-nsgd"),
-                   help="sgd (plain SGD, default), adam, pal, labpal-sgd, labpal-nsgd")
-    p.add_argument("--lr", type=positive_float, default=None, help="learning rate of sgd/adam")
+                   choices=("sgd", "sgd-momentum", "adam", "pal", "labpal", "labpal-sgd",
+                            "labpal-nsgd"),
+                   help="sgd (plain SGD, default), sgd-momentum (momentum 0.9), adam, pal, "
+                        "labpal-sgd, labpal-nsgd")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="learning rate of sgd/sgd-momentum/adam")
     p.add_argument("--steps", type=positive_int, default=300)
     p.add_argument("--every", type=positive_int, default=10, help="measure every N steps")
     p.add_argument("--batch-size", type=positive_int, default=64)

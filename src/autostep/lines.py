@@ -26,6 +26,8 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 from torch import nn
 
+from . import _validate as V
+from ._batches import chunks, epoch_batches
 from ._closure import BufferGuard, RNGSnapshot
 from ._outputs import check_not_meta
 from ._progress import progress_bar
@@ -92,6 +94,8 @@ def _make_optimizer(optimizer, params, lr: Optional[float], total_steps: int):
     name = str(optimizer).lower()
     if name == "sgd":
         return torch.optim.SGD(params, lr=0.1 if lr is None else lr)
+    if name == "sgd-momentum":
+        return torch.optim.SGD(params, lr=0.1 if lr is None else lr, momentum=0.9)
     if name == "adam":
         return torch.optim.Adam(params, lr=1e-3 if lr is None else lr)
     if name == "pal":
@@ -101,14 +105,8 @@ def _make_optimizer(optimizer, params, lr: Optional[float], total_steps: int):
         from .optim.labpal import LABPAL
         return LABPAL(params, mode="nsgd" if name.endswith("nsgd") else "sgd",
                       total_steps=total_steps)
-    raise ValueError(f"optimizer must be sgd, adam, pal, labpal-sgd, labpal-nsgd or a factory, "
-                     f"got {optimizer!r}")
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    raise ValueError(f"optimizer must be sgd, sgd-momentum, adam, pal, labpal-sgd, labpal-nsgd or a "
+                     f"factory, got {optimizer!r}")
 
 
 def _check_args(model, loss_fn, train, lr, steps, every, batch_size, large_batch, at) -> None:
@@ -123,29 +121,22 @@ def _check_args(model, loss_fn, train, lr, steps, every, batch_size, large_batch
         raise TypeError("train must be a pair of tensors (x, y) with the same, non-zero number of "
                         f"rows, got {type(train).__name__}")
     check_not_meta(model.parameters(), "lines")
-    _check_int("steps", steps, 1)
-    _check_int("every", every, 1)
-    _check_int("batch_size", batch_size, 1)
+    V.positive_int("steps", steps)
+    V.positive_int("every", every)
+    V.positive_int("batch_size", batch_size)
     if large_batch is not None:
-        _check_int("large_batch", large_batch, 1)
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float))
-                           or not (math.isfinite(lr) and lr > 0)):
-        raise ValueError(f"lr must be a positive finite number (or None for the default), got {lr!r}")
+        V.positive_int("large_batch", large_batch)
+    if lr is not None:
+        V.positive("lr", lr, " (or None for the optimizer's default)")
     if at is not None and any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < steps
                               for t in at):
         raise ValueError(f"at must list training steps in 0..{steps - 1}, got {list(at)!r}")
 
 
-def _chunks(data, size: int):
-    x, y = data
-    for i in range(0, len(x), size):
-        yield x[i:i + size], y[i:i + size], len(x[i:i + size])
-
-
 @torch.no_grad()
 def _loss_on(model, loss_fn, data, chunk: int = 4096) -> float:
     total, n = 0.0, 0
-    for xb, yb, m in _chunks(data, chunk):
+    for xb, yb, m in chunks(data, chunk):
         total += float(loss_fn(model, (xb, yb))) * m
         n += m
     return total / n
@@ -172,11 +163,12 @@ def loss_along_lines(model: nn.Module,
     Parameters
         model, loss_fn, train: the model, ``loss_fn(model, (x, y)) -> scalar tensor`` and the
             training tensors ``(x, y)`` (the "full-batch" loss is taken over them).
-        optimizer ("sgd"): ``"sgd"`` (plain SGD, lr 0.1), ``"adam"`` (lr 1e-3), ``"pal"``,
+        optimizer ("sgd"): ``"sgd"`` (plain SGD, lr 0.1), ``"sgd-momentum"`` (SGD with momentum
+            0.9, lr 0.1; the names mean the same in ``autostep find-lr``), ``"adam"`` (lr 1e-3), ``"pal"``,
             ``"labpal-sgd"``, ``"labpal-nsgd"``, or a factory ``params -> optimizer``.
             Closure-based autostep optimizers get ``step(closure)``; others the usual
             zero_grad/backward/step.
-        lr (None): learning rate of ``"sgd"``/``"adam"`` (a positive number).
+        lr (None): learning rate of ``"sgd"``/``"sgd-momentum"``/``"adam"`` (a positive number).
         steps (300): training steps; at (None): steps to measure, default ``0, every, 2 every..``.
         batch_size (64): mini-batch size (batches are drawn by seeded epochs of permutations).
         grid (None): step sizes ``s`` on the unit line, default 41 points in ``[-0.5, 0.5]`` (the
@@ -207,7 +199,6 @@ def loss_along_lines(model: nn.Module,
     else:
         full = (x, y)
     if batches is None:
-        from ._batches import epoch_batches
         batches = epoch_batches((x, y), steps, batch_size, torch.Generator().manual_seed(seed))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _make_optimizer(optimizer, params, lr, steps)

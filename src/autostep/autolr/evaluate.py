@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
+from .. import _validate as V
 from .._closure import BufferGuard, RNGSnapshot
 from ..distributed import Reducer
 
@@ -57,11 +58,7 @@ class SuperbatchLoss:
         try:
             with guard.watch():
                 for batch in batches:
-                    out = self.loss_fn(self.model, batch)
-                    if not isinstance(out, torch.Tensor) or out.numel() != 1:
-                        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else ""
-                        raise TypeError(f"loss_fn(model, batch) must return a scalar tensor, got "
-                                        f"{type(out).__name__}{shape}")
+                    out = V.check_loss(self.loss_fn(self.model, batch), "on a probe mini-batch")
                     out = out.detach().to(torch.float64).reshape(())
                     outs.append(out)
                     total = out if total is None else total + out

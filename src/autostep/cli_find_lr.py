@@ -1,27 +1,37 @@
-"""``autostep find-lr``: run the step-sampling LR search on a built-in problem and plot it."""
+"""``autostep find-lr``: run the step-sampling LR search (:mod:`autostep.finder`) on a built-in problem
+and plot it.
+
+The command-line face lives here, beside :mod:`autostep.cli` and :mod:`autostep.cli_lines`, so that
+the library function :func:`autostep.find_lr` only ever sees the user's model and never imports the
+demo problems.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from .._argtypes import positive_float, positive_int
+from ._argtypes import positive_float, positive_int
 
 __all__ = ["register", "run"]
 
+#: the optimizers the command offers; the names say what they are (``autostep lines`` uses the same)
 _OPTIMIZERS = {
-    "adam": ("torch.optim.Adam", {}),
-    "sgd": ("torch.optim.SGD (momentum 0.9)", {"momentum": 0.9}),
+    "adam": "torch.optim.Adam",
+    "sgd": "torch.optim.SGD, plain (no momentum)",
+    "sgd-momentum": "torch.optim.SGD with momentum 0.9",
 }
 
 
 def make_optimizer(name: str):
-    """``(params, lr) -> optimizer`` for a CLI optimizer name (``adam`` or ``sgd``)."""
+    """``(params, lr) -> optimizer`` for a CLI optimizer name (one of :data:`_OPTIMIZERS`)."""
     import torch
 
     if name == "adam":
         return lambda params, lr: torch.optim.Adam(params, lr=lr)
     if name == "sgd":
+        return lambda params, lr: torch.optim.SGD(params, lr=lr)
+    if name == "sgd-momentum":
         return lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9)
     raise ValueError(f"optimizer must be one of {sorted(_OPTIMIZERS)}, got {name!r}")
 
@@ -38,7 +48,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--problem", choices=("digits", "fmnist"), default="digits",
                    help="digits: scikit-learn digits MLP (always available); fmnist: Fashion-MNIST "
                         "MLP (needs /usr/share/datasets/fashion-mnist)")
-    p.add_argument("--optimizer", choices=sorted(_OPTIMIZERS), default="adam")
+    p.add_argument("--optimizer", choices=sorted(_OPTIMIZERS), default="adam",
+                   help="; ".join(f"{k}: {v}" for k, v in _OPTIMIZERS.items()) + " (default adam)")
     p.add_argument("--steps", type=positive_int, default=20, help="training steps per trial (20)")
     p.add_argument("--seeds", type=positive_int, default=1,
                    help="repetitions of each trial with different data orders (spread of the picks)")
@@ -66,7 +77,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def _problem(name: str, seed: int):
-    from ..bench.tasks import DataMissing, demo_task
+    from .bench.tasks import DataMissing, demo_task
 
     try:
         return demo_task(name, seed)
@@ -78,13 +89,17 @@ def run(args) -> int:
     """Entry point of ``autostep find-lr`` (returns the exit code)."""
     import torch
 
-    from .._outputs import check_output_file
-    from .search import find_lr
+    from ._outputs import check_output_file
+    from .finder import find_lr
 
     if not args.lr_max > args.lr_min:
         print(f"find-lr: --lr-max ({args.lr_max}) must be larger than --lr-min ({args.lr_min})",
               file=sys.stderr)
         return 2
+    if args.optimizer == "sgd":
+        print("find-lr: note: --optimizer sgd is plain SGD, as in `autostep lines`; until version "
+              "0.x it meant SGD with momentum 0.9 here, which is now --optimizer sgd-momentum",
+              file=sys.stderr)
     path = None
     if not args.no_plot:  # checked before the search: a bad --out costs nothing
         path = check_output_file(args.out or f"find_lr_{args.problem}_{args.optimizer}.png", "--out")
