@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from operator import attrgetter
 from typing import Any, Callable, Optional
 
 import torch
@@ -215,45 +216,22 @@ class AutoLR(torch.optim.Optimizer):
         initial ratio to it)."""
         return self._rates.eta
 
-    @property
-    def phase(self) -> str:
-        """``"explore"`` during the first ``explore_steps`` steps, then ``"exploit"``."""
-        return self._schedule.phase
-
-    @property
-    def saturation_mode(self) -> str:
-        """``"relative"`` until the first saturation crossing, ``"absolute"`` after it."""
-        return self._schedule.monitor.mode
-
-    @property
-    def absolute_threshold(self) -> Optional[float]:
-        """The absolute saturation threshold (drop rate at the first crossing), or None."""
-        return self._schedule.monitor.absolute
-
-    @property
-    def steps(self) -> int:
-        """Number of :meth:`step` calls so far."""
-        return self._schedule.t
-
-    @property
-    def history(self) -> list:
-        """The decision log: one dict per decision (see the class docstring)."""
-        return self._schedule.history
-
-    @property
-    def recomputes(self) -> int:
-        """Estimates made so far."""
-        return self._schedule.recomputes
-
-    @property
-    def rollbacks(self) -> int:
-        """Changes undone so far."""
-        return self._schedule.rollbacks
-
-    @property
-    def probe_forwards(self) -> int:
-        """Forward passes AutoLR itself ran (drop-rate checks and probes)."""
-        return self._loss.forwards
+    # read-only views of the parts' counters and modes
+    phase = property(attrgetter("_schedule.phase"),
+                     doc='``"explore"`` during the first ``explore_steps`` steps, then ``"exploit"``.')
+    saturation_mode = property(attrgetter("_schedule.monitor.mode"),
+                               doc='``"relative"`` until the first saturation crossing, '
+                                   '``"absolute"`` after it.')
+    absolute_threshold = property(attrgetter("_schedule.monitor.absolute"),
+                                  doc="The absolute saturation threshold (drop rate at the first "
+                                      "crossing), or None.")
+    steps = property(attrgetter("_schedule.t"), doc="Number of :meth:`step` calls so far.")
+    history = property(attrgetter("_schedule.history"),
+                       doc="The decision log: one dict per decision (see the class docstring).")
+    recomputes = property(attrgetter("_schedule.recomputes"), doc="Estimates made so far.")
+    rollbacks = property(attrgetter("_schedule.rollbacks"), doc="Changes undone so far.")
+    probe_forwards = property(attrgetter("_loss.forwards"),
+                              doc="Forward passes AutoLR itself ran (drop-rate checks and probes).")
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Delegates to the wrapped optimizer's ``zero_grad``."""
