@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import torch
 
+from .. import _validate as V
+
 __all__ = ["CLOSURE_CONTRACT", "ClosureError", "NonFiniteLossError", "check_closure", "check_loss"]
 
 CLOSURE_CONTRACT = (
@@ -48,20 +50,7 @@ def check_closure(closure) -> None:
 
 
 def check_loss(value, where: str) -> torch.Tensor:
-    if not isinstance(value, torch.Tensor):
-        hint = ""
-        if isinstance(value, (int, float)):
-            hint = " It looks like the closure returned loss.item(); return the tensor itself."
-        elif value is None:
-            hint = " It returned None; add `return loss` at the end of the closure."
-        raise ClosureError(
-            f"The closure returned {type(value).__name__} {value!r} {where}; it must return the "
-            f"loss as a scalar torch.Tensor.{hint}\n{CLOSURE_CONTRACT}"
-        )
-    if value.numel() != 1:
-        raise ClosureError(
-            f"The closure returned a tensor of shape {tuple(value.shape)} {where}; it must return "
-            "a scalar loss. Reduce it first, e.g. `return loss.mean()`, or use a loss with "
-            f"reduction='mean'.\n{CLOSURE_CONTRACT}"
-        )
-    return value
+    """autostep's one scalar-loss check (:func:`autostep._validate.check_loss`) in the closure's
+    words: raises :class:`ClosureError` with the contract appended."""
+    return V.check_loss(value, where, source="The closure", error=ClosureError,
+                        contract=CLOSURE_CONTRACT)
