@@ -72,6 +72,26 @@ def test_digits_lines_do_not_change_the_run_and_save_png(tmp_path):
     assert "observation 1" in res.summary() and "s_min(full)" in res.table()
 
 
+@pytest.mark.parametrize("optimizer", ["sgd-momentum", "adam"])
+def test_batchnorm_and_dropout_see_the_same_run_when_measured(optimizer):
+    """The measurements restore weights, BatchNorm statistics and the generators exactly."""
+    def run(at):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.3),
+                              nn.Linear(8, 1))
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(96, 5, generator=g), torch.randn(96, 1, generator=g)
+        loss = lambda m, b: ((m(b[0]) - b[1]) ** 2).mean()  # noqa: E731
+        res = loss_along_lines(model, loss, (x, y), optimizer=optimizer, lr=0.05, steps=6, at=at,
+                               batch_size=16, grid=[-0.2, -0.1, 0.0, 0.1, 0.2])
+        return res, model.state_dict(), torch.rand(1)
+
+    measured, sd, draw = run([0, 2, 5])
+    plain, sd0, draw0 = run([])
+    assert len(measured.records) == 3 and measured.train_losses == plain.train_losses
+    assert all(torch.equal(sd[k], sd0[k]) for k in sd0) and torch.equal(draw, draw0)
+
+
 def test_labpal_approximation_calls_use_the_gradient_direction():
     res = lines(optimizer="labpal-nsgd", steps=3, every=1, out=None, large_batch=200)
     assert [r.direction for r in res.records] == ["gradient"] * 3

@@ -28,10 +28,10 @@ from torch import nn
 
 from . import _validate as V
 from ._batches import chunks, epoch_batches
-from ._closure import BufferGuard, RNGSnapshot
 from ._outputs import check_not_meta
 from ._progress import progress_bar
 from ._quadratic import fit_parabola
+from ._snapshot import ModelState, RNGSnapshot
 from .optim import _parabola as P
 
 __all__ = ["loss_along_lines", "plot", "LineRecord", "LinesResult", "OBSERVATION_1_THRESHOLD"]
@@ -213,14 +213,13 @@ def loss_along_lines(model: nn.Module,
         measure = t in at
         if measure:
             w_t = [p.detach().clone() for p in params]
-            rng = RNGSnapshot()
-            guard = BufferGuard()
+            rng, at_w_t = RNGSnapshot(), ModelState(model)
             for p in params:
                 p.grad = None
-            with torch.enable_grad(), guard.watch():
+            with torch.enable_grad():
                 loss = loss_fn(model, batch)
             loss.backward()
-            guard.restore()
+            at_w_t.restore(params=False)   # the buffers (BatchNorm statistics) the forward changed
             rng.restore()
             grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
             grad_norm = math.sqrt(sum(float(g.pow(2).sum()) for g in grads))
@@ -240,9 +239,8 @@ def loss_along_lines(model: nn.Module,
         result.train_losses.append(float(loss.detach()))
         if not measure:
             continue
-        after = RNGSnapshot()
-        w_next = [p.detach().clone() for p in params]
-        delta = [a - b for a, b in zip(w_t, w_next)]
+        after, at_w_next = RNGSnapshot(), ModelState(model)
+        delta = [a - p.detach() for a, p in zip(w_t, params)]
         taken = math.sqrt(sum(float(d.pow(2).sum()) for d in delta))
         if taken > 0:
             unit, kind = [d / taken for d in delta], "update"
@@ -251,19 +249,17 @@ def loss_along_lines(model: nn.Module,
         else:
             continue
         b_losses, f_losses = [], []
-        guard = BufferGuard()
-        with torch.no_grad(), guard.watch():
+        with torch.no_grad():
             for s in grid:
                 for p, w0, u in zip(params, w_t, unit):
                     p.copy_(w0).add_(u, alpha=-s)
                 rng.restore()
                 b_losses.append(float(loss_fn(model, batch)))
-                guard.restore()
+                at_w_next.restore(params=False)
                 rng.restore()
                 f_losses.append(_loss_on(model, loss_fn, full))
-                guard.restore()
-            for p, w1 in zip(params, w_next):
-                p.copy_(w1)
+                at_w_next.restore(params=False)
+        at_w_next.restore()   # back to w_{t+1}, where training goes on
         after.restore()
         fit_f = fit_parabola(grid, f_losses) or (math.nan,) * 3
         fit_b = fit_parabola(grid, b_losses) or (math.nan,) * 3

@@ -5,13 +5,12 @@ AutoLR wrapper), one concern per module:
 
 * ``contract.py`` -- :data:`CLOSURE_CONTRACT`, :class:`ClosureError`, :class:`NonFiniteLossError`
   and the checks of a closure and of the loss it returns.
-* ``rng.py`` -- :class:`RNGSnapshot`: the CPU and CUDA generator states, captured and restored, so
-  that every evaluation inside one step sees the same dropout masks.  Python's ``random`` and numpy
-  are never touched, and nothing is ever reseeded from the clock.
+* :class:`RNGSnapshot` (the generator states replayed before each re-evaluation) comes from
+  autostep's one snapshot module, ``autostep/_snapshot.py``, and is re-exported here.
 * ``buffers.py`` -- :class:`ModelBuffers`: the buffers of the model(s) that own the optimized
   parameters (BatchNorm running statistics, ``num_batches_tracked``, any buffer a custom module
   changes in place), saved before trial forwards and put back after them, so trials never change
-  the model; and :class:`BufferGuard`, the per-call variant (LR search, line plots).
+  the model; and :class:`BufferGuard`, the per-call variant (AutoLR's superbatch losses).
 * ``backward.py`` -- the interception of ``torch.autograd.backward`` that records, or skips, a
   torch-style closure's own ``backward()``.
 * ``grads.py`` -- which ``.grad`` tensors are whose (the optimizer's own backward, a closure's,
@@ -47,7 +46,7 @@ from .buffers import BufferGuard, ModelBuffers, model_buffers
 from .contract import CLOSURE_CONTRACT, ClosureError, NonFiniteLossError
 from .evaluator import ClosureEvaluator
 from .grads import unscale_grads
-from .rng import RNGSnapshot
+from .._snapshot import RNGSnapshot
 
 __all__ = [
     "ClosureError",

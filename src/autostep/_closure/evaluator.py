@@ -25,7 +25,7 @@ from .buffers import ModelBuffers, restore_items
 from .contract import ClosureError, NonFiniteLossError, CLOSURE_CONTRACT, check_closure, check_loss
 from .grads import (OWN_GRADS, any_nonzero_grad, foreign_grads, grad_fingerprint, note_own_grads,
                     replaced, set_own_grads)
-from .rng import RNGSnapshot
+from .._snapshot import RNGSnapshot
 
 __all__ = ["ClosureEvaluator"]
 

@@ -104,18 +104,21 @@ write per change and one read per rollback).
 
 Where the parts live
 --------------------
-* ``rules.py``: the paper's rules as pure functions on floats (fit, threshold, offsets, next rate,
-  rollback test, saturation monitor).
+* ``rules.py``: the paper's rules as pure functions on floats (the fit's minimum, threshold,
+  offsets, next rate, rollback test, saturation monitor); the least-squares fit itself is
+  autostep's one parabola fit, ``autostep/_quadratic.py``.
 * ``options.py``: argument checks and defaults.
 * ``superbatch.py``: drawing superbatches from ``probe_data``.
 * ``evaluate.py``: superbatch losses (no-grad forwards, generator replay, buffer restore, ranks).
 * ``direction.py``: the wrapped optimizer's next update per unit rate.
 * ``probe.py``: one estimate (probe losses along the direction, fit, thresholded decision).
-* ``snapshot.py``: rollback snapshots in memory or on disk.
 * ``schedule.py``: the explore/exploit windows, saturation, rollback and the decision log.
 * ``rates.py``: group ratios, a scheduler's multiplier, refusal of foreign writes to the wrapped ``lr``.
 * ``state.py``: the state-dict layout (torch's two keys) and torch's checkpoint-helper init step.
 * ``wrapper.py``: :class:`AutoLR`, the ``torch.optim.Optimizer`` that ties the parts together.
+
+Rollback snapshots (model tensors and the wrapped optimizer's state, in memory or on disk) and the
+generator snapshots are autostep's one snapshot mechanism, ``autostep/_snapshot.py``.
 """
 
 from . import rules

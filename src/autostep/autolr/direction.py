@@ -9,19 +9,13 @@ rate (SGD with momentum, dampening, Nesterov and weight decay, Adam, AdamW, Adag
 
 from __future__ import annotations
 
-import copy
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 
-__all__ = ["clone_state", "update_direction"]
+from .._snapshot import clone_value
 
-
-def clone_state(value: Any) -> Any:
-    """A detached copy of a tensor, a deep copy of anything else."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    return copy.deepcopy(value)
+__all__ = ["update_direction"]
 
 
 @torch.no_grad()
@@ -32,9 +26,9 @@ def update_direction(optimizer: torch.optim.Optimizer, params: list,
     ``set_unit_rate()`` writes the unit rates into the param groups.  Parameters, optimizer state and
     every param-group value (the rates included) are exactly as before when this returns or raises.
     """
-    saved_state = {p: {k: clone_state(v) for k, v in st.items()}
+    saved_state = {p: {k: clone_value(v) for k, v in st.items()}
                    for p, st in optimizer.state.items()}
-    saved_groups = [{k: clone_state(v) for k, v in g.items() if k != "params"}
+    saved_groups = [{k: clone_value(v) for k, v in g.items() if k != "params"}
                     for g in optimizer.param_groups]
     w0 = torch._foreach_mul(params, 1.0)   # an exact copy in one kernel
     try:

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .. import _validate as V
-from .._closure import BufferGuard, RNGSnapshot
+from .._closure import BufferGuard
+from .._snapshot import RNGSnapshot
 from ..distributed import Reducer
 
 __all__ = ["SuperbatchLoss"]

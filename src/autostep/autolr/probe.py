@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Optional
 
 import torch
 
-from .._closure import RNGSnapshot
+from .._snapshot import RNGSnapshot
 from .._line import Line
 from .._quadratic import fit_parabola
 from .evaluate import SuperbatchLoss

@@ -12,7 +12,7 @@ import copy
 import math
 from typing import Callable, Optional
 
-from .._closure import RNGSnapshot
+from .._snapshot import RNGSnapshot
 from .evaluate import SuperbatchLoss
 from .options import Options
 from .probe import estimate

@@ -11,6 +11,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from .._snapshot import drop_snapshot, model_tensors, restore_snapshot, take_snapshot
 from ..distributed import Reducer
 from .direction import update_direction
 from .evaluate import SuperbatchLoss
@@ -18,7 +19,6 @@ from .options import check_objects, check_options, group_lr, seed_rates
 from .rates import Rates
 from .schedule import ExploreExploit
 from .state import init_state, is_init_call, pack_state, split_state
-from .snapshot import drop_snapshot, restore_snapshot, snapshot_tensors, take_snapshot
 from .superbatch import SuperbatchSampler, check_probe_data
 
 __all__ = ["AutoLR"]
@@ -272,12 +272,12 @@ class AutoLR(torch.optim.Optimizer):
                                 lambda: self._rates.write_unit(self.optimizer.param_groups))
 
     def _take_snapshot(self) -> dict:
-        snap, self.snapshot_dir = take_snapshot(snapshot_tensors(self.model, self._params()),
+        snap, self.snapshot_dir = take_snapshot(model_tensors(self.model, self._params()),
                                                 self.optimizer, self.snapshot, self.snapshot_dir)
         return snap
 
     def _restore_snapshot(self, snap: dict) -> None:
-        restore_snapshot(snap, snapshot_tensors(self.model, self._params()), self.optimizer)
+        restore_snapshot(snap, model_tensors(self.model, self._params()), self.optimizer)
 
     # ------------------------------------------------------------------ the step
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None):

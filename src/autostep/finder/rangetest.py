@@ -35,9 +35,8 @@ import torch
 from torch import nn
 
 from .. import _validate as V
-from .._closure import RNGSnapshot
 from .._progress import progress_bar
-from .._snapshot import ModelState
+from .._snapshot import ModelState, RNGSnapshot
 from .curve import analyze
 from .result import FinderResult, Trial
 from .trials import TrialRunner, cycle_batches

@@ -16,9 +16,8 @@ import torch
 from torch import nn
 
 from .. import _validate as V
-from .._closure import RNGSnapshot
 from .._outputs import check_not_meta
-from .._snapshot import ModelState
+from .._snapshot import ModelState, RNGSnapshot
 from ..distributed import Reducer
 
 __all__ = ["TrialRunner", "cycle_batches"]
