@@ -1,4 +1,4 @@
-"""Checks made before any work starts: output paths that can be written, models that can be run.
+"""Output paths checked before any work starts: files and folders that can be written.
 
 The command-line tools call :func:`check_output_file` / :func:`check_output_dir` on ``--out`` before
 they train anything, so a path that cannot be written costs a one-line message instead of a
@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-__all__ = ["OutputPathError", "check_output_file", "check_output_dir", "check_not_meta"]
+__all__ = ["OutputPathError", "check_output_file", "check_output_dir"]
 
 
 class OutputPathError(ValueError):
@@ -88,12 +88,3 @@ def check_output_dir(path, what: str = "output folder") -> str:
     except OSError as exc:
         raise OutputPathError(f"cannot write into {what} {path!r}: {_why(exc)}") from None
     return path
-
-
-def check_not_meta(params, who: str) -> None:
-    """Refuse parameters on the ``meta`` device (they hold no values, so nothing can be trained)."""
-    for p in params:
-        if getattr(p, "is_meta", False):
-            raise ValueError(f"{who} got a parameter on the 'meta' device (shape {tuple(p.shape)}), "
-                             "which holds no values; materialise the model first, e.g. "
-                             "model.to_empty(device='cpu') and initialise or load its weights")

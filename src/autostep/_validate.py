@@ -8,7 +8,8 @@ shows the bad value and says what is expected.  One check of each kind lives her
 * numbers: :func:`finite`, :func:`positive`, :func:`nonnegative`, :func:`greater_than`,
   :func:`open_unit`, :func:`half_open_unit`, :func:`positive_int`, :func:`betas`, :func:`choice`,
   :func:`increasing_pair`, and :func:`step_lr` for a rate read at step time;
-* data: :func:`reiterable` (batches that every trial can iterate again);
+* data and models: :func:`reiterable` (batches that every trial can iterate again),
+  :func:`not_meta` (parameters that hold values);
 * losses: :func:`check_loss` (what a ``loss_fn`` or closure returned is a scalar tensor);
 * tensors: :func:`tensor_list_finite` (exact) and :func:`finite_hint` (fast);
 * renamed keywords: :func:`renamed_keyword` (the old name still works, with a DeprecationWarning).
@@ -25,7 +26,7 @@ from typing import Any
 import torch
 
 __all__ = ["finite", "positive", "nonnegative", "greater_than", "open_unit", "half_open_unit",
-           "positive_int", "betas", "choice", "increasing_pair", "step_lr", "reiterable",
+           "positive_int", "betas", "choice", "increasing_pair", "step_lr", "reiterable", "not_meta",
            "check_loss", "tensor_list_finite", "finite_hint", "renamed_keyword"]
 
 
@@ -130,6 +131,15 @@ def reiterable(name: str, data: Any) -> None:
         raise TypeError(f"{name} is a one-shot iterator ({type(data).__name__}); every pass must "
                         "see the same batches, so pass something that can be iterated again, e.g. "
                         f"list({name}) or a DataLoader")
+
+
+def not_meta(params, who: str) -> None:
+    """Refuse parameters on the ``meta`` device (they hold no values, so nothing can be trained)."""
+    for p in params:
+        if getattr(p, "is_meta", False):
+            raise ValueError(f"{who} got a parameter on the 'meta' device (shape {tuple(p.shape)}), "
+                             "which holds no values; materialise the model first, e.g. "
+                             "model.to_empty(device='cpu') and initialise or load its weights")
 
 
 def check_loss(value: Any, where: str, *, source: str = "loss_fn(model, batch)",

@@ -97,8 +97,8 @@ def run(args) -> int:
               file=sys.stderr)
         return 2
     if args.optimizer == "sgd":
-        print("find-lr: note: --optimizer sgd is plain SGD, as in `autostep lines`; until version "
-              "0.x it meant SGD with momentum 0.9 here, which is now --optimizer sgd-momentum",
+        print("find-lr: note: --optimizer sgd is plain SGD, as in `autostep lines`; up to autostep "
+              "0.1.0 it meant SGD with momentum 0.9 here, which is now --optimizer sgd-momentum",
               file=sys.stderr)
     path = None
     if not args.no_plot:  # checked before the search: a bad --out costs nothing

@@ -28,7 +28,6 @@ from torch import nn
 
 from . import _validate as V
 from ._batches import chunks, epoch_batches
-from ._outputs import check_not_meta
 from ._progress import progress_bar
 from ._quadratic import fit_parabola
 from ._snapshot import ModelState, RNGSnapshot
@@ -120,7 +119,7 @@ def _check_args(model, loss_fn, train, lr, steps, every, batch_size, large_batch
             or len(train[0]) == 0):
         raise TypeError("train must be a pair of tensors (x, y) with the same, non-zero number of "
                         f"rows, got {type(train).__name__}")
-    check_not_meta(model.parameters(), "lines")
+    V.not_meta(model.parameters(), "lines")
     V.positive_int("steps", steps)
     V.positive_int("every", every)
     V.positive_int("batch_size", batch_size)

@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from .. import _validate as V
-from .._outputs import check_not_meta
 from .._snapshot import ModelState, RNGSnapshot
 from ..distributed import Reducer
 
@@ -70,7 +69,7 @@ class TrialRunner:
         self.steps = V.positive_int("steps", steps, 1, " (training steps per trial; the paper uses 20)")
         self.diverge = V.greater_than("diverge", diverge, 1.0,
                                       " (a trial stops when its loss exceeds diverge x the first loss)")
-        check_not_meta(model.parameters(), "find_lr")
+        V.not_meta(model.parameters(), "find_lr")
         self.model, self.make_optimizer, self.loss_fn = model, make_optimizer, loss_fn
         self.train_data, self.val_data = train_data, val_data
         self.eval_mode = bool(eval_mode)
