@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, Optional
 
-import torch
 
 from .._snapshot import RNGSnapshot
 from .._line import Line
