@@ -10,10 +10,9 @@ from __future__ import annotations
 import math
 from typing import Callable, Iterable, Optional
 
-
-from .._snapshot import RNGSnapshot
 from .._line import Line
 from .._quadratic import fit_parabola
+from .._snapshot import RNGSnapshot
 from .evaluate import SuperbatchLoss
 from .options import Options
 from .rules import clip_eps, eps_bound, next_lr, probe_offsets, quadratic_argmin
