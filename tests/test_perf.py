@@ -228,7 +228,7 @@ def test_decrease_terms_cpu_and_foreach_paths_agree(monkeypatch, with_den):
 
 
 def test_finite_hint_proves_finiteness_and_flags_inf_nan():
-    from autostep.optim import _validate as V
+    from autostep import _validate as V
 
     ok = [torch.randn(5, 3), torch.randn(4)]
     assert torch.isfinite(V.finite_hint(ok))
@@ -247,7 +247,7 @@ def test_finite_hint_proves_finiteness_and_flags_inf_nan():
 def test_finite_gradients_skip_the_slow_exact_check(monkeypatch, name):
     """The exact inf-norm check (element by element on CPU, as long as a backward) runs only when
     the fast hint is not finite; a huge but finite gradient still takes the step."""
-    from autostep.optim import _validate as V
+    from autostep import _validate as V
 
     calls = {"n": 0}
     exact = V.tensor_list_finite
