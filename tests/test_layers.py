@@ -6,12 +6,14 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 import autostep.cli_find_lr as cli_find_lr
 from autostep.cli import main as cli_main
 
 
+@pytest.mark.slow
 def test_library_runs_without_importing_the_problems():
     code = textwrap.dedent("""
         import sys
