@@ -331,3 +331,73 @@ def test_labpal_update_reads_the_host_once():
             updates += 1
             assert reads.count - before == 1, reads.where[before:]
     assert updates >= 10
+
+
+@pytest.mark.parametrize("name", ["SLS", "SALSA", "ALSALS", "PLASLS", "SALSA-amortized"])
+def test_clipping_reads_no_more_and_equals_the_host_coefficient(monkeypatch, name):
+    """max_grad_norm: the coefficient stays on the device and comes back with the one read before
+    the trials (reads <= 1 + trials), and the run is bitwise the run with the host coefficient."""
+    from autostep.optim._optimizer import AutostepOptimizer
+
+    make = {"SLS": lambda p: autostep.SLS(p, max_grad_norm=0.3),
+            "SALSA": lambda p: autostep.SALSA(p, max_grad_norm=0.3),
+            "ALSALS": lambda p: autostep.ALSALS(p, max_grad_norm=0.3),
+            "PLASLS": lambda p: autostep.PLASLS(p, max_grad_norm=0.3),
+            "SALSA-amortized": lambda p: autostep.SALSA(p, max_grad_norm=0.3, amortize=5)}[name]
+
+    def run(host: bool):
+        model, x, y = _problem()
+        opt = make(model.parameters())
+        reads, clips = HostReads(), []
+        for k in range(30):
+            xb, yb = x[(k % 4) * 16:(k % 4 + 1) * 16], y[(k % 4) * 16:(k % 4 + 1) * 16]
+            before = reads.count
+            with reads.patched():
+                opt.step(lambda: nn.functional.cross_entropy(model(xb), yb))
+            if not host:
+                assert reads.count - before <= 1 + opt.last_step["trials"], reads.where[before:]
+            clips.append(opt.last_step["clip"])
+        return [p.detach().clone() for p in model.parameters()], clips
+
+    device = run(False)
+    with monkeypatch.context() as mp:
+        def host_path(self, grads, params=None):
+            c = AutostepOptimizer._clip_coef(self, grads, params)
+            one = torch.tensor(c, dtype=torch.float64)
+            return one, torch.ones((), dtype=torch.float64)
+        mp.setattr(AutostepOptimizer, "_clip_coef_device", host_path)
+        host = run(True)
+    assert any(c < 1.0 for c in device[1])  # clipping was active
+    assert device[1] == host[1]
+    assert all(torch.equal(a, b) for a, b in zip(device[0], host[0]))
+
+
+@pytest.mark.parametrize("name", ["SLS", "SALSA", "SALSA-amortized"])
+def test_clipping_with_overflowing_squares_uses_the_exact_norm(monkeypatch, name):
+    """Gradients ~1e25: their float32 squares overflow, the device coefficient is not the exact
+    one; the step re-plans with the float64 norm (as the host path does) and takes the same step."""
+    from autostep.optim._optimizer import AutostepOptimizer
+
+    make = {"SLS": lambda p: autostep.SLS(p, max_grad_norm=1.0),
+            "SALSA": lambda p: autostep.SALSA(p, max_grad_norm=1.0),
+            "SALSA-amortized": lambda p: autostep.SALSA(p, max_grad_norm=1.0, amortize=2)}[name]
+
+    def run():
+        model, x, y = _problem()
+        opt = make(model.parameters())
+        clips = []
+        for _ in range(14):
+            opt.step(lambda: 1e25 * nn.functional.cross_entropy(model(x), y))
+            clips.append(opt.last_step["clip"])
+        return [p.detach().clone() for p in model.parameters()], clips, opt
+
+    device = run()
+    with monkeypatch.context() as mp:
+        def host_path(self, grads, params=None):
+            c = AutostepOptimizer._clip_coef(self, grads, params)
+            return torch.tensor(c, dtype=torch.float64), torch.ones((), dtype=torch.float64)
+        mp.setattr(AutostepOptimizer, "_clip_coef_device", host_path)
+        host = run()
+    assert 0.0 < device[1][0] < 1e-20 and device[1] == host[1]
+    assert all(torch.equal(a, b) for a, b in zip(device[0], host[0]))
+    assert device[2].nonfinite_steps == 0

@@ -122,6 +122,22 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
         (:func:`decrease_terms`); it is ``None`` when no search follows."""
         raise NotImplementedError
 
+    def _replan_clipped(self, ev, segs: list, raw: list, clip: float, reuse: bool, line):
+        """The plan again with the exact clipping coefficient (rare: see ``_clip_coef_device``);
+        returns ``(plan, s)`` with the decrease terms read (one more host read)."""
+        for sg, gs in zip(segs, raw):
+            sg.grads = list(torch._foreach_mul(gs, clip)) if gs and clip < 1.0 else list(gs)
+        hint = None
+        plan = None if reuse else self._plan(segs, need_s=True, line=line)
+        if plan is None or plan.s is None:
+            hint = V.finite_hint([g for sg in segs for g in sg.grads])
+            return plan, ev.reduce([hint])
+        if ev.slope_grads is not None:
+            plan.s = slopes(ev, segs, plan.search, self.reducer)
+        elif clip < 1.0:
+            plan.s = plan.s / clip
+        return plan, ev.reduce(plan.s.tolist())
+
     def _smoothing(self) -> float:
         """EMA factor of the smoothed criterion, 0 for the plain Armijo condition."""
         return 0.0
@@ -165,12 +181,16 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
                 unscale_grads(grad_scaler, self)
             segs = self._segments(ev)
             self._check_grads(segs)
-            clip = self._clip_coef([g for sg in segs for g in sg.grads],
-                                   [p for sg in segs for p in sg.params])
-            if clip < 1.0:  # clipped copies: .grad itself is left as the closure made it
+            # max_grad_norm: the coefficient stays on the device (read with the other scalars);
+            # clipped copies (times 1 when within the norm): .grad is left as the closure made it
+            raw = [sg.grads for sg in segs]
+            clipping = self._clip_coef_device([g for gs in raw for g in gs],
+                                              [p for sg in segs for p in sg.params])
+            clip_t = None if clipping is None else clipping[0]
+            if clip_t is not None:
                 for sg in segs:
-                    sg.grads = list(torch._foreach_mul(sg.grads, clip)) if sg.grads else []
-            info["clip"] = clip
+                    sg.grads = list(torch._foreach_mul(sg.grads, clip_t)) if sg.grads else []
+            info["clip"] = 1.0
             k_max = self._amortize()
             since = ls["since_search"] + 1
             reuse = (
@@ -188,20 +208,34 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
                 pass
             elif plan.s is not None and ev.slope_grads is not None:
                 plan.s = slopes(ev, segs, plan.search, self.reducer)
-            elif plan.s is not None and clip < 1.0:
+            elif plan.s is not None and clip_t is not None:
                 # the Armijo slope is <g, d> with the unclipped g = g_clipped / clip
-                plan.s = plan.s / clip
+                plan.s = plan.s / clip_t
             # the one host read before the trials: start loss and decrease terms together (and,
-            # when no decrease term is computed, the gradients' finiteness)
+            # when no decrease term is computed, the gradients' finiteness; with max_grad_norm,
+            # the clipping coefficient and the squared norm)
             # (a non-finite hint is confirmed exactly by _grads_finite below)
             extra = plan.s if plan is not None and plan.s is not None else V.finite_hint(
                 [g for sg in segs for g in sg.grads]).reshape(1)
+            if clipping is not None:
+                extra = torch.cat([extra.reshape(-1).to(torch.float64),
+                                   torch.stack(clipping).to(extra.device)])
             try:
                 s = ev.read_start(extra, trials=not reuse)
             except NonFiniteLossError:
                 # the first evaluation was undone (buffers, generators, .grad): skip the step
                 return self._skip(ev, "start loss", loss, undo)
             info["loss"] = ev.loss0
+            if clipping is not None:
+                s, (clip, sq) = s[:-2], s[-2:]
+                if sq == 0.0 or math.isinf(sq):
+                    # float32 squares under- or overflowed: the exact coefficient (float64 norms)
+                    exact = self._clip_coef([g for gs in raw for g in gs],
+                                            [p for sg in segs for p in sg.params])
+                    if exact != clip:
+                        clip = exact
+                        plan, s = self._replan_clipped(ev, segs, raw, clip, plan is None, line)
+                info["clip"] = clip
             if not all(math.isfinite(si) for si in s) and not self._grads_finite(ev):
                 # an inf/NaN gradient (GradScaler overflow): skip before any state changes
                 return self._skip(ev, "gradient", loss, undo)

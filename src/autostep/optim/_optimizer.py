@@ -28,11 +28,23 @@ from torch.optim import Optimizer
 from .._closure import ClosureEvaluator, model_buffers
 from ..distributed import Reducer
 from .. import _validate as V
-from ._adam import sq_norm_float
+from ._adam import sq_norm_float, sq_norms
 from ._checkpoint import CheckpointMixin
 from ._state import OPTIONAL_LS, STATE_KEY, StepUndo
 
 __all__ = ["AutostepOptimizer", "StepUndo", "STATE_KEY"]
+
+
+def _coef_from_sq(sq: torch.Tensor, mx: float) -> torch.Tensor:
+    """``mx / (||g|| + 1e-6)`` if ``||g|| > mx`` (finite), else 1, from ``sq = ||g||^2`` (0-d
+    float64), in torch ops on the tensor's device: the host path (:meth:`_clip_coef`) and the
+    device path (:meth:`_clip_coef_device`) share it, so they agree bitwise.  (torch's float64
+    ``sqrt`` can differ from ``math.sqrt`` in the last bit; before issue 13 the host path used
+    ``math.sqrt``, so clipped runs may differ from then by rounding.)"""
+    norm = sq.sqrt()
+    # a true division (``mx / tensor`` would multiply by the reciprocal: one rounding more)
+    return torch.where(torch.isfinite(norm) & (norm > mx),
+                       torch.div(torch.full_like(norm, mx), norm + 1e-6), torch.ones_like(norm))
 
 
 class AutostepOptimizer(CheckpointMixin, Optimizer):
@@ -141,10 +153,31 @@ class AutostepOptimizer(CheckpointMixin, Optimizer):
             return 1.0
         # summed over the shards of sharded (FSDP) parameters, ``params`` being the grads' owners
         weights = self.reducer.weights(params) if params is not None else None
-        norm = math.sqrt(self.reducer.global_sums([sq_norm_float(grads, weights)])[0])
-        if not math.isfinite(norm) or norm <= mx:
-            return 1.0
-        return mx / (norm + 1e-6)
+        sq = self.reducer.global_sums([sq_norm_float(grads, weights)])[0]
+        return float(_coef_from_sq(torch.tensor(sq, dtype=torch.float64), mx))
+
+    def _clip_coef_device(self, grads: list, params: list | None = None):
+        """:meth:`_clip_coef` left on the device: ``None`` without ``max_grad_norm``, else
+        ``(coef, sq)``, two 0-d float64 tensors: the coefficient (1 when the norm is within
+        ``max_grad_norm`` or not finite) and the squared norm it was computed from.
+
+        The same float64 arithmetic as :meth:`_clip_coef` (float32 norms summed in float64,
+        ``sqrt``, ``max_grad_norm / (norm + 1e-6)``), so the coefficient is bitwise the same,
+        without a host read.  Only where :meth:`_clip_coef` recomputes the norm in float64 (``sq``
+        of 0 or inf: float32 squares under- or overflowed) can they differ; the caller reads
+        ``sq`` with its other scalars and then asks :meth:`_clip_coef` (rare; one more read).
+        Sharded parameters need their rank sums first: there the coefficient comes from
+        :meth:`_clip_coef`."""
+        mx = self.param_groups[0].get("max_grad_norm")
+        if mx is None or not grads:
+            return None
+        if self.reducer.sharded and self.reducer.active:
+            c = self._clip_coef(grads, params)
+            one = torch.tensor(c, dtype=torch.float64, device=grads[0].device)
+            return one, torch.ones((), dtype=torch.float64, device=grads[0].device)
+        weights = self.reducer.weights(params) if params is not None else None
+        sq = sq_norms(grads, weights)
+        return _coef_from_sq(sq, mx), sq
 
     @torch.no_grad()
     def _decay(self, params_per_seg: list, w0s: list | None = None) -> None:
