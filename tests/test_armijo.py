@@ -446,3 +446,50 @@ def test_reused_steps_compute_no_decrease_terms(monkeypatch):
         reused += bool(opt.last_step.get("reused"))
     assert reused > 50
     assert calls["n"] == opt._ls["searches"]  # one decrease term per search, none per reused step
+
+
+SMOOTHING_AND_AMORTIZE_KEYS = {"since_search", "interval", "log_eta_fast", "log_eta_slow", "h_ema",
+                               "s_ema", "ema_count"}
+
+
+def _mlp_run(cls, steps, model=None, opt_state=None):
+    """A small MLP trained ``steps`` steps on fixed batches; returns (model, optimizer, losses)."""
+    import copy
+
+    if model is None:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 1))
+    model = copy.deepcopy(model)
+    opt = cls(model.parameters())
+    if opt_state is not None:
+        opt.load_state_dict(opt_state)
+    gen = torch.Generator().manual_seed(opt.steps)
+    losses = []
+    for _ in range(steps):
+        x, y = torch.randn(16, 4, generator=gen), torch.randn(16, 1, generator=gen)
+        losses.append(float(opt.step(lambda: nn.functional.mse_loss(model(x), y))))
+    return model, opt, losses
+
+
+@pytest.mark.parametrize("cls", [autostep.SLS, autostep.AdamSLS, autostep.PLASLS])
+def test_plain_armijo_keeps_no_smoothing_state_and_loads_older_checkpoints(cls):
+    import copy
+
+    model, opt, _ = _mlp_run(cls, 3)
+    sd = opt.state_dict()
+    assert not SMOOTHING_AND_AMORTIZE_KEYS & set(sd["param_groups"][0]["autostep"])
+    # what older versions saved for every Armijo optimizer (these values for one that neither
+    # smooths nor amortises): it loads, and the run continues exactly as the uninterrupted one
+    old = copy.deepcopy(sd)
+    old["param_groups"][0]["autostep"].update(since_search=0, interval=1, log_eta_fast=None,
+                                              log_eta_slow=None, h_ema=0.0, s_ema=[], ema_count=0)
+    _, opt_a, losses_a = _mlp_run(cls, 3, model, sd)
+    resumed, opt_b, losses_b = _mlp_run(cls, 3, model, old)
+    assert losses_a == losses_b and opt_a.state_dict()["param_groups"] == opt_b.state_dict()["param_groups"]
+    assert not SMOOTHING_AND_AMORTIZE_KEYS & set(opt_b._ls)
+
+
+@pytest.mark.parametrize("cls", [autostep.SALSA, autostep.ALSALS])
+def test_smoothed_armijo_keeps_its_state(cls):
+    _, opt, _ = _mlp_run(cls, 2)
+    assert SMOOTHING_AND_AMORTIZE_KEYS <= set(opt.state_dict()["param_groups"][0]["autostep"])

@@ -62,24 +62,26 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
     #: per-parameter state (Adam moments) changes only in Plan.commit, after the last trial
     _state_before_commit: bool = False
 
+    #: the smoothed criterion's and the amortised mode's state, which older versions kept for
+    #: every Armijo optimizer (``_Smoothed`` keeps it; the others drop it when loading)
+    _legacy_ls = {key: None for key in ("since_search", "interval", "log_eta_fast",
+                                        "log_eta_slow", "h_ema", "s_ema", "ema_count")}
+
     def __init__(self, params, defaults: dict):
-        super().__init__(params, defaults, {
+        super().__init__(params, defaults, self._initial_ls())
+
+    def _initial_ls(self) -> dict:
+        """The optimizer-level state of a fresh optimizer: only the keys this class uses."""
+        return {
             "step": 0,
             "forwards": 0,
             "backwards": 0,
             "trials": 0,
             "skipped": 0,
             "searches": 0,
-            "since_search": 0,
-            "interval": 1,
-            "h_ema": 0.0,
-            "s_ema": [],
-            "ema_count": 0,
-            "log_eta_fast": None,
-            "log_eta_slow": None,
             "warned_no_grad": False,
             "stalled": 0,
-        })
+        }
 
     def _validate_group(self, group: dict) -> None:
         # a loaded group may hold a scheduler's value (a cap, 0 during a warm-up, above max_lr)
@@ -192,7 +194,7 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
                     sg.grads = list(torch._foreach_mul(sg.grads, clip_t)) if sg.grads else []
             info["clip"] = 1.0
             k_max = self._amortize()
-            since = ls["since_search"] + 1
+            since = ls.get("since_search", 0) + 1  # steps since the last search (amortised mode)
             reuse = (
                 k_max > 1
                 and ls["searches"] >= AMORTIZE_WARMUP
@@ -291,7 +293,8 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
                 info.update(searched=True, trials=trials, accepted=accepted, decrease=dec)
                 plan.commit()
                 ls["searches"] += 1
-                ls["since_search"] = 0
+                if "since_search" in ls:  # amortised mode (SALSA, ALSALS)
+                    ls["since_search"] = 0
                 for sg, eta, st, fr in zip(segs, etas, starts, free):
                     # under a cap the search keeps its own step size, lowered only by the factor
                     # it had to backtrack from the capped start (a cap accepted as it is tells
@@ -319,7 +322,8 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
                 else:
                     line.restore()
                     ls["skipped"] += 1
-                    ls["interval"] = 1
+                    if "interval" in ls:  # amortised mode: search again at the next step
+                        ls["interval"] = 1
                     info["skipped"] = "max_trials exhausted"
                     if all(e <= sg.group["min_lr"] for e, sg in zip(etas, segs)):
                         scale_note = (f"every step size down to min_lr={segs[0].group['min_lr']:g} "

@@ -71,17 +71,11 @@ class CheckpointMixin:
         of param groups, that each group has every hyper-parameter of this class with a valid value
         (``lr`` included), the optimizer-level state's keys, the keys and tensor shapes of every
         parameter's state.  A mismatch raises :class:`ValueError` naming it, and the optimizer
-        stays as it was.  Checkpoints that kept the optimizer-level state under a top-level
-        ``"autostep"`` key (before it moved into ``param_groups[0]``) still load.
+        stays as it was.  Checkpoints of older versions still load (:meth:`_upgrade_state_dict`).
         """
         if not isinstance(state_dict, dict):
             self._refuse(f"it needs the dict state_dict() returns, got {type(state_dict).__name__}")
-        state_dict = dict(state_dict)
-        legacy = state_dict.pop("autostep", None)  # checkpoints that kept it at the top level
-        groups = state_dict.get("param_groups")
-        if (legacy is not None and isinstance(groups, (list, tuple)) and groups
-                and isinstance(groups[0], dict) and STATE_KEY not in groups[0]):
-            state_dict["param_groups"] = [dict(groups[0], **{STATE_KEY: legacy})] + list(groups[1:])
+        state_dict = self._upgrade_state_dict(state_dict)
         self._validate_state_dict(state_dict)
         ls = copy.deepcopy(state_dict["param_groups"][0][STATE_KEY])
         ls.setdefault("optimizer", type(self).__name__)
@@ -100,6 +94,34 @@ class CheckpointMixin:
             self.state, self.param_groups = old_state, old_groups
             undo.restore(self)
             raise
+
+    # ------------------------------------------------------------------ older checkpoints
+    #: optimizer-level state keys older versions saved: old name -> new name, or ``None`` for a
+    #: key this class no longer keeps (its value carried no information for this class)
+    _legacy_ls: dict = {}
+    #: hyper-parameters renamed since older versions: old name -> new name
+    _legacy_group_keys: dict = {}
+
+    def _upgrade_state_dict(self, state_dict: dict) -> dict:
+        """A state dict of an older version in today's layout (a new dict; the argument is kept):
+        the optimizer-level state moves from the top-level ``"autostep"`` key into
+        ``param_groups[0]``, renamed keys (:attr:`_legacy_ls`, :attr:`_legacy_group_keys`) get
+        their new names and keys no longer kept are dropped.  Anything malformed is left for the
+        validation to name."""
+        state_dict = dict(state_dict)
+        legacy = state_dict.pop("autostep", None)  # checkpoints that kept it at the top level
+        groups = state_dict.get("param_groups")
+        if not isinstance(groups, (list, tuple)) or not groups or not isinstance(groups[0], dict):
+            return state_dict
+        groups = [_renamed(g, self._legacy_group_keys) if isinstance(g, dict) else g
+                  for g in groups]
+        first = groups[0]
+        if legacy is not None and STATE_KEY not in first:
+            first = dict(first, **{STATE_KEY: legacy})
+        if isinstance(first.get(STATE_KEY), dict):
+            first = dict(first, **{STATE_KEY: _renamed(first[STATE_KEY], self._legacy_ls)})
+        state_dict["param_groups"] = [first] + groups[1:]
+        return state_dict
 
     # ------------------------------------------------------------------ validation of loads
     def _refuse(self, what: str) -> None:
@@ -232,3 +254,15 @@ class CheckpointMixin:
     def _init_state(self) -> None:
         """Create the per-parameter buffers a trained optimizer has (overridden where there are any)."""
 
+
+def _renamed(d: dict, names: dict) -> dict:
+    """``d`` with the keys of ``names`` renamed (to ``None``: dropped); ``d`` itself if none occurs."""
+    if not any(old in d for old in names):
+        return d
+    out = dict(d)
+    for old, new in names.items():
+        if old in out:
+            value = out.pop(old)
+            if new is not None:
+                out.setdefault(new, value)
+    return out

@@ -27,7 +27,16 @@ _AMORTIZE_DOC = """
 
 
 class _Smoothed(ArmijoOptimizer):
+    """SALSA's and ALSALS's smoothed criterion and amortised mode, and the state they keep."""
+
     _shared = ("max_trials", "smooth", "amortize")
+    _legacy_ls: dict = {}
+
+    def _initial_ls(self) -> dict:
+        return dict(super()._initial_ls(),
+                    since_search=0, interval=1,  # amortised mode: steps since the search, and allowed
+                    log_eta_fast=None, log_eta_slow=None,  # its EMAs of log eta (None: not yet)
+                    h_ema=0.0, s_ema=[], ema_count=0)  # the smoothed criterion's EMAs
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
