@@ -216,7 +216,7 @@ INFOS = (
             ErrorInput({"mode": "adam"}, ValueError, "mode must be one of"),
             ErrorInput({"approx_batches": 0}, ValueError, "approx_batches must be an integer >= 1"),
             ErrorInput({"reuse_steps": 0}, ValueError, "reuse_steps must be an integer >= 1"),
-            ErrorInput({"sample_step": 0.0}, ValueError, "sample_step must be > 0"),
+            ErrorInput({"measuring_step": 0.0}, ValueError, "measuring_step must be > 0"),
             ErrorInput({"total_steps": 0}, ValueError, "total_steps must be an integer >= 1"),
             ErrorInput({"momentum": 1.0}, ValueError, r"momentum must be in \[0, 1\)"),
             ErrorInput({"noise_factor": 2.0, "dataset_size": 640, "batch_size": 1}, ValueError,

@@ -623,7 +623,7 @@ LOAD_CASES = [(name, case) for name in NAMES for case in sorted(BAD_LOADS) if _a
 
 
 def _hyper_key(opt):
-    for key in ("c", "measuring_step", "sample_step"):
+    for key in ("c", "measuring_step"):
         if key in opt.defaults:
             return key
     raise AssertionError

@@ -122,7 +122,7 @@ def test_noise_factor_eq_7_scales_the_schedule():
     with pytest.raises(ValueError, match="together"):
         LABPAL([w], dataset_size=10)
     for bad in ({"mode": "adam"}, {"alpha": 0.0}, {"approx_batches": 0}, {"reuse_steps": 1.5},
-                {"sample_step": -1.0}, {"max_step": 0.0}, {"momentum": -0.1},
+                {"measuring_step": -1.0}, {"max_step": 0.0}, {"momentum": -0.1},
                 {"total_steps": 0}, {"noise_factor": math.inf}, {"lr": math.nan}):
         with pytest.raises(ValueError, match=list(bad)[0]):
             LABPAL([w], **bad)
@@ -150,7 +150,7 @@ def test_schedule_accumulation_survives_state_dict_round_trip():
 def test_failed_fit_without_estimate_uses_best_tested_point_or_measures_again():
     # concave along the line: the fit fails, the best tested position (2 mu) is used, no alpha
     w = nn.Parameter(torch.tensor([0.3, -0.2], dtype=torch.float64))
-    opt = LABPAL([w], mode="nsgd", approx_batches=2, sample_step=0.01)
+    opt = LABPAL([w], mode="nsgd", approx_batches=2, measuring_step=0.01)
     for _ in range(2):
         opt.step(lambda: -(w ** 2).sum() + w.sum())
     fit = opt.last_step["fit"]
@@ -248,3 +248,39 @@ def test_a_parameter_without_gradient_gets_no_state(noise_factor, momentum):
     assert opt.updates > 0
     assert unused not in opt.state and len(opt.state_dict()["state"]) == 1
     assert torch.equal(unused.detach(), before)
+
+
+def test_sample_step_is_the_deprecated_name_of_measuring_step():
+    _, w, _ = problem()
+    with pytest.warns(DeprecationWarning, match="sample_step= is now called measuring_step="):
+        opt = LABPAL([w], sample_step=0.05)
+    assert opt.param_groups[0]["measuring_step"] == 0.05 and "sample_step" not in opt.param_groups[0]
+    with pytest.raises(TypeError, match="both sample_step= and measuring_step="):
+        LABPAL([w], sample_step=0.05, measuring_step=0.1)
+    with pytest.warns(DeprecationWarning, match="'sample_step' is now called 'measuring_step'"):
+        opt = LABPAL([{"params": [w], "sample_step": 0.05}])
+    assert opt.param_groups[0]["measuring_step"] == 0.05 and "sample_step" not in opt.param_groups[0]
+
+
+def test_update_length_and_checkpoints_with_the_older_names():
+    A, w, cs = problem()
+    opt = LABPAL([w], mode="nsgd", approx_batches=2, reuse_steps=4)
+    for i in range(4):
+        opt.step(closure_for(A, w, cs[i]))
+    assert opt.update_length > 0 and opt.last_step["update_length"] == opt.update_length
+    with pytest.warns(DeprecationWarning, match="step_size is now called update_length"):
+        assert opt.step_size == opt.update_length
+    # a checkpoint of the older version: sample_step in the groups, step_size in the state
+    sd = copy.deepcopy(opt.state_dict())
+    old = copy.deepcopy(sd)
+    old["param_groups"][0]["sample_step"] = old["param_groups"][0].pop("measuring_step")
+    ls = old["param_groups"][0]["autostep"]
+    ls["step_size"] = ls.pop("update_length")
+    runs = []
+    for state in (sd, old):
+        w2 = nn.Parameter(w.detach().clone())
+        opt2 = LABPAL([w2], mode="nsgd", approx_batches=2, reuse_steps=4)
+        opt2.load_state_dict(state)
+        runs.append([float(opt2.step(closure_for(A, w2, cs[i]))) for i in range(4, 12)]
+                    + w2.detach().tolist() + [opt2.update_length])
+    assert runs[0] == runs[1]

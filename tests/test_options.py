@@ -166,3 +166,26 @@ def test_adamsls_and_plasls_share_one_constructor():
 
     assert "__init__" not in vars(autostep.AdamSLS) and "__init__" not in vars(autostep.PLASLS)
     assert issubclass(autostep.AdamSLS, AdamArmijo) and issubclass(autostep.PLASLS, AdamArmijo)
+
+
+def test_closure_need_is_one_class_attribute_read_by_the_registry_and_the_hf_integration():
+    from autostep import registry
+    from autostep._closure import needs_closure
+    from autostep.integrations.hf import _autostep_optimizer
+
+    for cls in ALL_CLASSES:
+        assert cls.step_requires_closure is True and needs_closure(cls)
+    for cls in (torch.optim.Adam, torch.optim.SGD, autostep.Autostep, autostep.AutoLR):
+        assert not needs_closure(cls)
+    w = nn.Parameter(torch.zeros(2))
+    for name in registry.list_methods(family="autostep", kind="closure"):
+        assert needs_closure(registry.create(name, [w])), name
+    assert registry.get("SLS").needs_closure and not registry.get("Autostep").needs_closure
+
+    class Wrapper:  # what accelerate's AcceleratedOptimizer looks like from outside
+        def __init__(self, optimizer):
+            self.optimizer = optimizer
+
+    sls = autostep.SLS([w])
+    assert _autostep_optimizer(Wrapper(sls)) is sls
+    assert _autostep_optimizer(Wrapper(torch.optim.SGD([w], lr=0.1))) is None

@@ -33,7 +33,7 @@ def test_step_is_alpha_times_exact_line_minimum(alpha):
     opt.step(lambda: 0.5 * (A * (w - c) ** 2).sum())
     info = opt.last_step
     assert info["case"] == "parabola"
-    assert info["step_size"] == pytest.approx(alpha * s_star, rel=1e-6)
+    assert info["update_length"] == pytest.approx(alpha * s_star, rel=1e-6)
     assert torch.allclose(w.detach(), w0 - alpha * s_star * g / g.norm(), rtol=1e-10, atol=1e-12)
     assert opt.param_groups[0]["lr"] == pytest.approx(alpha * s_star / float(g.norm()), rel=1e-6)
     assert (opt.forwards, opt.backwards, opt.trials, opt.steps) == (2, 1, 1, 1)
@@ -45,7 +45,7 @@ def test_max_step_caps_the_update():
     opt = PAL([w], alpha=1.0, max_step=1e-3)
     w0 = w.detach().clone()
     opt.step(lambda: 0.5 * (A * (w - c) ** 2).sum())
-    assert opt.step_size == 1e-3
+    assert opt.update_length == 1e-3
     assert float((w.detach() - w0).norm()) == pytest.approx(1e-3, rel=1e-9)
 
 
@@ -59,7 +59,7 @@ def test_concave_line_takes_the_tested_point_exactly():
         return -(w ** 2).sum() + w.sum()  # concave along every line
 
     opt.step(closure)
-    assert opt.last_step["case"] == "concave" and opt.step_size == 0.1
+    assert opt.last_step["case"] == "concave" and opt.update_length == 0.1
     assert torch.equal(w.detach(), seen[1])  # the applied point is bitwise the tested point
 
 
@@ -107,7 +107,7 @@ def test_momentum_direction_and_exact_slope():
     opt.step(closure)
     assert opt.last_step["b"] == pytest.approx(-float((g2 * d).sum() / d.norm()), rel=1e-9)
     s_star = exact_min(A, w1, c, d)
-    assert opt.step_size == pytest.approx(s_star, rel=1e-6)
+    assert opt.update_length == pytest.approx(s_star, rel=1e-6)
     assert torch.allclose(opt.state[w]["momentum_buffer"], d)
 
 
@@ -139,3 +139,20 @@ def test_trains_digits_mlp():
         opt.step(lambda: pb.loss_fn(pb.model, (xb, yb)))
     assert pb.evaluate("train").loss < 0.5 * before
     assert opt.forwards == 300 and opt.backwards == 150
+
+
+def test_update_length_its_older_name_and_older_checkpoints():
+    import copy
+
+    A, w, c = quad()
+    opt = PAL([w], alpha=1.0, max_step=100.0)
+    opt.step(lambda: 0.5 * (A * (w - c) ** 2).sum())
+    assert opt.update_length > 0 and opt.last_step["update_length"] == opt.update_length
+    with pytest.warns(DeprecationWarning, match="PAL.step_size is now called update_length"):
+        assert opt.step_size == opt.update_length
+    old = copy.deepcopy(opt.state_dict())  # the older version kept it as "step_size"
+    ls = old["param_groups"][0]["autostep"]
+    ls["step_size"] = ls.pop("update_length")
+    opt2 = PAL([nn.Parameter(w.detach().clone())], alpha=1.0, max_step=100.0)
+    opt2.load_state_dict(old)
+    assert opt2.update_length == opt.update_length and "step_size" not in opt2._ls

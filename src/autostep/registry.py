@@ -50,7 +50,6 @@ class MethodSpec:
     build: Callable[..., Any]
     family: str  # "autostep", "baseline" or "peer"
     description: str
-    needs_closure: bool = False
     requires: tuple = ()  # importable modules the method needs
     extra: Optional[str] = None  # pip extra that provides them
     schedule: Optional[str] = None  # "cosine" / "linear": warm-up + cosine / linear-to-zero decay,
@@ -58,6 +57,12 @@ class MethodSpec:
     grid: tuple = ()  # peak learning rates to tune on (kind "tuned")
     train_eval_modes: bool = False  # optimizer has .train()/.eval() (Schedule-Free)
     options: dict = field(default_factory=dict)
+
+    @property
+    def needs_closure(self) -> bool:
+        """``step()`` takes a loss closure: kind ``"closure"`` (for autostep's own methods derived
+        from the class attribute ``step_requires_closure``, see :func:`_kind`)."""
+        return self.kind == "closure"
 
     def is_available(self) -> bool:
         for mod in self.requires:
@@ -133,6 +138,15 @@ def _auto(cls_path: str, **fixed):
     return build
 
 
+def _kind(cls_path: str) -> str:
+    """``"closure"`` when the class's ``step()`` needs a loss closure, else ``"torch"`` (one source:
+    :func:`autostep._closure.needs_closure`)."""
+    from ._closure import needs_closure
+
+    module, cls = cls_path.rsplit(".", 1)
+    return "closure" if needs_closure(getattr(importlib.import_module(module), cls)) else "torch"
+
+
 def _labpal(mode):
     def build(params, context, **kw):
         from .optim.labpal import LABPAL
@@ -167,14 +181,14 @@ for _name, _path, _fixed, _desc in [
     ("PLASLS", "autostep.optim.layerwise.PLASLS", {}, "per-layer Armijo step sizes"),
     ("PAL", "autostep.optim.pal.PAL", {}, "mini-batch parabolic approximation line search"),
 ]:
-    register_method(MethodSpec(_name, "closure", _auto(_path, **_fixed), "autostep", _desc,
-                               needs_closure=True, requires=(_path.rsplit(".", 1)[0],)))
+    register_method(MethodSpec(_name, _kind(_path), _auto(_path, **_fixed), "autostep", _desc,
+                               requires=(_path.rsplit(".", 1)[0],)))
 
-register_method(MethodSpec("LABPAL-sgd", "closure", _labpal("sgd"), "autostep",
-                           "large-batch parabola, learning rate reused by SGD", needs_closure=True,
+register_method(MethodSpec("LABPAL-sgd", _kind("autostep.optim.labpal.LABPAL"), _labpal("sgd"),
+                           "autostep", "large-batch parabola, learning rate reused by SGD",
                            requires=("autostep.optim.labpal",)))
-register_method(MethodSpec("LABPAL-nsgd", "closure", _labpal("nsgd"), "autostep",
-                           "large-batch parabola, normalized SGD steps", needs_closure=True,
+register_method(MethodSpec("LABPAL-nsgd", _kind("autostep.optim.labpal.LABPAL"), _labpal("nsgd"),
+                           "autostep", "large-batch parabola, normalized SGD steps",
                            requires=("autostep.optim.labpal",)))
 
 
@@ -232,7 +246,7 @@ register_method(MethodSpec("DoG", "torch", _peer("dog", "DoG"), "peer", "DoG (di
                            requires=("dog",), extra="peers"))
 register_method(MethodSpec("SaLSa-published", "closure", _peer("salsa.SaLSA", "SaLSA"), "peer",
                            "the published SaLSa optimizer (salsa-optimizer package)",
-                           needs_closure=True, requires=("salsa.SaLSA",), extra="peers",
+                           requires=("salsa.SaLSA",), extra="peers",
                            options={"closure_style": "backwards_kwarg"}))
 register_method(MethodSpec("torch-lr-finder+Adam-cosine", "selector", _torch(torch.optim.Adam), "peer",
                            "torch-lr-finder range test (steepest slope), then Adam warm-up + cosine",

@@ -40,10 +40,21 @@ Both are accepted and told apart at the first evaluation of every step:
 When a torch-style closure adds to gradients that were already there (gradient accumulation), the
 Armijo test uses the gradient of the loss the closure returns (the part its own ``backward()``
 added), while the direction uses the whole accumulated gradient.
+
+Which ``step(closure)`` takes what
+----------------------------------
+* **The line searches** (SLS, AdamSLS, SALSA, ALSALS, PLASLS, PAL, LABPAL): a closure is needed
+  (:func:`needs_closure`, their class attribute ``step_requires_closure``), in either convention;
+  it is called several times per step (the trials).  Loops that call ``backward()`` themselves
+  and ``step()`` without an argument bind a loss-only closure with ``set_closure`` instead.
+* **AutoLR**: no closure needed (call ``step()`` after ``backward()``); a closure of either
+  convention is called once and its loss returned (a loss-only one is back-propagated by AutoLR).
+* **Autostep**: no closure needed; a closure is called once, torch-style (it must call
+  ``backward()`` itself), as ``torch.optim.Adam`` calls it.
 """
 
 from .buffers import BufferGuard, ModelBuffers, model_buffers
-from .contract import CLOSURE_CONTRACT, ClosureError, NonFiniteLossError
+from .contract import CLOSURE_CONTRACT, ClosureError, NonFiniteLossError, needs_closure
 from .evaluator import ClosureEvaluator
 from .grads import unscale_grads
 from .._snapshot import RNGSnapshot
@@ -58,4 +69,5 @@ __all__ = [
     "CLOSURE_CONTRACT",
     "unscale_grads",
     "model_buffers",
+    "needs_closure",
 ]

@@ -8,7 +8,8 @@ import torch
 
 from .. import _validate as V
 
-__all__ = ["CLOSURE_CONTRACT", "ClosureError", "NonFiniteLossError", "check_closure", "check_loss"]
+__all__ = ["CLOSURE_CONTRACT", "ClosureError", "NonFiniteLossError", "check_closure", "check_loss",
+           "needs_closure"]
 
 CLOSURE_CONTRACT = (
     "The closure computes the mini-batch loss and returns it as a scalar tensor. Either\n"
@@ -30,6 +31,18 @@ class ClosureError(RuntimeError):
 
 class NonFiniteLossError(FloatingPointError):
     """The loss at the start point of a step is NaN or infinite; the step changed nothing."""
+
+
+def needs_closure(optimizer) -> bool:
+    """Whether ``optimizer.step()`` needs a loss closure (or one bound with ``set_closure``).
+
+    The one place that says it: the class attribute ``step_requires_closure`` (torch's name for
+    the flag in its optimizer tests), ``True`` on every autostep line search, absent (``False``)
+    on torch's optimizers, :class:`~autostep.AutoLR` and :class:`~autostep.Autostep`.  Read by the
+    registry (a method's ``kind``), the benchmark (through it) and the Hugging Face integration.
+    Takes an optimizer or an optimizer class.
+    """
+    return bool(getattr(optimizer, "step_requires_closure", False))
 
 
 def check_closure(closure) -> None:

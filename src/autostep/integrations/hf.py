@@ -22,6 +22,8 @@ micro-batch along the accumulated direction.
 
 from __future__ import annotations
 
+from .._closure import needs_closure
+
 __all__ = ["attach"]
 
 
@@ -29,7 +31,7 @@ def _autostep_optimizer(opt):
     """The autostep optimizer inside ``opt`` (accelerate's AcceleratedOptimizer wraps it)."""
     seen = 0
     while opt is not None and seen < 8:
-        if hasattr(opt, "set_closure"):
+        if needs_closure(opt):
             return opt
         opt = getattr(opt, "optimizer", None)
         seen += 1

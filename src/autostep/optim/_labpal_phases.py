@@ -23,7 +23,7 @@ class Phases:
     def _approx_call(self, ev: ClosureEvaluator, start: bool, k: int) -> dict:
         ls = self._ls
         g0 = self.param_groups[0]
-        mu = g0["sample_step"]
+        mu = g0["measuring_step"]
         if start:
             n_calls = P.approx_calls(g0["approx_batches"], k)
             ls.update(k=k, n_calls=n_calls, sums=[0.0, 0.0, 0.0], n_meas=0, dir_norm=0.0)
@@ -81,7 +81,7 @@ class Phases:
     def _end_phase(self, info: dict, aborted: Optional[str] = None) -> dict:
         ls = self._ls
         g0 = self.param_groups[0]
-        mu, alpha, s_max = g0["sample_step"], g0["alpha"], g0["max_step"]
+        mu, alpha, s_max = g0["measuring_step"], g0["alpha"], g0["max_step"]
         norm, n = ls["dir_norm"], ls["n_meas"]
         fit = {"a": math.nan, "b": math.nan, "c": math.nan, "s_min": math.nan, "ok": False,
                "n": n, "losses": None, "reason": aborted}
@@ -154,7 +154,7 @@ class Phases:
                 if ps:
                     torch._foreach_add_(ps, d, alpha=-lr)
         self._set_lr(lr)
-        ls["step_size"] = length if g0["mode"] == "nsgd" else ls["est_step"]
+        ls["update_length"] = length if g0["mode"] == "nsgd" else ls["est_step"]
         ls["updates"] += 1
         ls["since"] += 1
         info["updated"] = True

@@ -50,6 +50,9 @@ def _coef_from_sq(sq: torch.Tensor, mx: float) -> torch.Tensor:
 class AutostepOptimizer(CheckpointMixin, Optimizer):
     """Base class: subclasses implement ``_validate_group``, ``_init_state`` and ``step``."""
 
+    #: ``step()`` needs a loss closure (or one bound with :meth:`set_closure`); read through
+    #: :func:`autostep._closure.needs_closure` by the registry and the integrations
+    step_requires_closure: bool = True
     #: hyper-parameters that must have one value in every param group (one search covers them all)
     _shared: tuple = ()
 
@@ -83,6 +86,8 @@ class AutostepOptimizer(CheckpointMixin, Optimizer):
                 "state in the first group; build new groups from the parameters and "
                 "hyper-parameters only"
             )
+        if isinstance(param_group, dict) and any(k in param_group for k in self._legacy_group_keys):
+            param_group = self._rename_legacy_keys(param_group)
         n = len(self.param_groups)
         with warnings.catch_warnings():
             # torch only warns about a parameter listed twice; we refuse it below with a clear error
@@ -104,6 +109,21 @@ class AutostepOptimizer(CheckpointMixin, Optimizer):
         except BaseException:
             del self.param_groups[n:]  # a refused group is not kept
             raise
+
+    def _rename_legacy_keys(self, param_group: dict) -> dict:
+        """A param group given with a hyper-parameter's old name: the new name, and a
+        ``DeprecationWarning`` (both names at once is a ``TypeError``)."""
+        param_group = dict(param_group)
+        for old, new in self._legacy_group_keys.items():
+            if old not in param_group:
+                continue
+            if new in param_group:
+                raise TypeError(f"a param group of {type(self).__name__} has both {old!r} and "
+                                f"{new!r}; give only {new!r} ({old!r} is its old name)")
+            warnings.warn(f"{type(self).__name__}: the param-group key {old!r} is now called "
+                          f"{new!r}; the old name will be removed", DeprecationWarning, stacklevel=4)
+            param_group[new] = param_group.pop(old)
+        return param_group
 
     def _check_params(self, params: list, index: int) -> None:
         seen: dict[int, int] = {}

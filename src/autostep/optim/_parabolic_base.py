@@ -1,7 +1,8 @@
 """The base of PAL and LABPAL (:class:`ParabolicOptimizer`): ``lr`` is a read-out of the step
 they compute, so a value written into it from outside (an LR scheduler) is reported; a
-``momentum`` written between steps is used, and reported too; :attr:`step_size` reads the
-length of the last update."""
+``momentum`` written between steps is used, and reported too; :attr:`update_length` reads the
+length of the last update along the unit direction (the Armijo family's ``step_size`` is a
+learning rate, a different quantity)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import warnings
 
 from ._optimizer import AutostepOptimizer
 
-__all__ = ["ParabolicOptimizer"]
+__all__ = ["ParabolicOptimizer", "renamed_keyword"]
 
 
 class ParabolicOptimizer(AutostepOptimizer):
@@ -59,7 +60,28 @@ class ParabolicOptimizer(AutostepOptimizer):
         return w
 
     @property
-    def step_size(self) -> float:
+    def update_length(self) -> float:
         """Length of the last update along the unit direction, 0 before the first (PAL: ``s_upd``;
         LABPAL ``"nsgd"``: the reused step; ``"sgd"``: the estimated ``alpha * s_min``)."""
-        return self._ls["step_size"]
+        return self._ls["update_length"]
+
+    @property
+    def step_size(self) -> float:
+        """Deprecated name of :attr:`update_length` (in the Armijo family ``step_size`` is the
+        learning rate, ``param_groups[0]["lr"]``)."""
+        warnings.warn(f"{type(self).__name__}.step_size is now called update_length; the old name "
+                      "will be removed", DeprecationWarning, stacklevel=2)
+        return self.update_length
+
+
+def renamed_keyword(where: str, old: str, old_value, new: str, new_value, default):
+    """The value of a keyword argument renamed from ``old`` to ``new``: ``old_value`` (``None``:
+    not passed) wins with a ``DeprecationWarning``; passing both names is a ``TypeError``."""
+    if old_value is None:
+        return new_value
+    if new_value != default:
+        raise TypeError(f"{where}() got both {old}= and {new}=; pass only {new}= "
+                        f"({old}= is its old name)")
+    warnings.warn(f"{where}(): the keyword {old}= is now called {new}=; the old name will be "
+                  "removed", DeprecationWarning, stacklevel=3)
+    return old_value

@@ -17,7 +17,7 @@ from .. import _validate as V
 from ._docs import PARABOLIC_DOC
 from ._labpal_direction import DirectionWindows
 from ._labpal_phases import Phases
-from ._parabolic_base import ParabolicOptimizer
+from ._parabolic_base import ParabolicOptimizer, renamed_keyword
 
 __all__ = ["LABPAL"]
 
@@ -74,7 +74,7 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
         approx_batches (10): ``B_a / B_i``, batches averaged per approximation (Algorithm 1:
             ``B_a = 1280`` with ``B_i = 128``).
         reuse_steps (1000): ``s_SGD``, updates an estimate is reused for.
-        sample_step (0.01): ``mu``, spacing of the three measured positions ``0, mu, 2 mu``
+        measuring_step (0.01): ``mu``, spacing of the three measured positions ``0, mu, 2 mu``
             (grid ``{0.1, 0.01}``; 0.01 is the published code's default).
         max_step (1.0): cap on ``s_min`` before ``alpha`` (as the published code and the paper's
             sensitivity analysis: the applied step can reach ``alpha * max_step``).
@@ -115,15 +115,20 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
     """ + PARABOLIC_DOC
 
     _state_keys = ("direction", "momentum_buffer", "win")
-    _shared = ("mode", "alpha", "approx_batches", "reuse_steps", "sample_step", "max_step",
+    _shared = ("mode", "alpha", "approx_batches", "reuse_steps", "measuring_step", "max_step",
                "total_steps", "noise_factor")
+    #: older names (PAL's and LABPAL's ``mu`` now have one name; ``update_length`` was ``step_size``)
+    _legacy_group_keys = {"sample_step": "measuring_step"}
+    _legacy_ls = {"step_size": "update_length"}
 
     def __init__(self, params, lr: float = 0.0, *, momentum: float = 0.0, weight_decay: float = 0.0,
                  max_grad_norm: Optional[float] = None, mode: str = "sgd", alpha: float = 1.8,
-                 approx_batches: int = 10, reuse_steps: int = 1000, sample_step: float = 0.01,
+                 approx_batches: int = 10, reuse_steps: int = 1000, measuring_step: float = 0.01,
                  max_step: float = 1.0, total_steps: Optional[int] = None,
                  noise_factor: Optional[float] = None, dataset_size: Optional[int] = None,
-                 batch_size: Optional[int] = None):
+                 batch_size: Optional[int] = None, sample_step: Optional[float] = None):
+        measuring_step = renamed_keyword("LABPAL", "sample_step", sample_step, "measuring_step",
+                                         measuring_step, 0.01)
         if noise_factor is not None and (dataset_size is not None or batch_size is not None):
             raise ValueError("give either noise_factor or dataset_size and batch_size, not both")
         if (dataset_size is None) != (batch_size is None):
@@ -139,7 +144,7 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
         defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay,
                         max_grad_norm=max_grad_norm, mode=mode, alpha=alpha,
                         approx_batches=approx_batches, reuse_steps=reuse_steps,
-                        sample_step=sample_step, max_step=max_step, total_steps=total_steps,
+                        measuring_step=measuring_step, max_step=max_step, total_steps=total_steps,
                         noise_factor=noise_factor)
         ls = {
             "step": 0, "forwards": 0, "backwards": 0, "trials": 0, "updates": 0,
@@ -155,7 +160,7 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
             "since": 0,  # updates done with the current estimate
             "est_lr": None,  # reused learning rate ("sgd"), alpha s_min / ||d||
             "est_step": None,  # reused update step ("nsgd"), alpha s_min
-            "step_size": 0.0,  # length of the last update along the unit direction
+            "update_length": 0.0,  # length of the last update along the unit direction
             # the last fit's coefficients (None: not computed); details in last_step["fit"]
             "fit": {"a": None, "b": None, "c": None, "s_min": None, "ok": False},
         }
@@ -168,7 +173,7 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
         V.positive("alpha", group["alpha"])
         V.positive_int("approx_batches", group["approx_batches"])
         V.positive_int("reuse_steps", group["reuse_steps"])
-        V.positive("sample_step", group["sample_step"])
+        V.positive("measuring_step", group["measuring_step"])
         V.positive("max_step", group["max_step"])
         V.half_open_unit("momentum", group["momentum"])
         if group["total_steps"] is not None:
@@ -279,7 +284,7 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
             ls["backwards"] += ev.backwards
             ls["trials"] += info.get("trials", 0)
             info.update(loss=ev.loss0, forwards=ev.forwards, backwards=ev.backwards,
-                        lr=self.param_groups[0]["lr"], step_size=ls["step_size"])
+                        lr=self.param_groups[0]["lr"], update_length=ls["update_length"])
             self._note_written_lr()
             self.last_step = info
         except BaseException:

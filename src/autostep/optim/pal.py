@@ -67,10 +67,11 @@ class PAL(ParabolicOptimizer):
 
     Counters: :attr:`forwards` (2 per step), :attr:`backwards` (1), :attr:`trials` (1, 0 when
     ``||d|| = 0``), :attr:`steps`, :attr:`skipped_steps`; details of the last step in
-    :attr:`last_step`; :attr:`step_size` is the last ``s_upd``.
+    :attr:`last_step`; :attr:`update_length` is the last ``s_upd``.
     """ + PARABOLIC_DOC
 
     _shared = ("measuring_step", "alpha", "max_step")
+    _legacy_ls = {"step_size": "update_length"}  # the older name of update_length
     _state_keys = ("momentum_buffer",)
 
     def __init__(self, params, lr: float = 0.0, *, momentum: float = 0.0, weight_decay: float = 0.0,
@@ -80,7 +81,7 @@ class PAL(ParabolicOptimizer):
                         max_grad_norm=max_grad_norm, measuring_step=measuring_step, alpha=alpha,
                         max_step=max_step)
         ls = {"step": 0, "forwards": 0, "backwards": 0, "trials": 0, "skipped": 0,
-              "step_size": 0.0}
+              "update_length": 0.0}
         super().__init__(params, defaults, ls)
 
     def _validate_group(self, group: dict) -> None:
@@ -193,10 +194,10 @@ class PAL(ParabolicOptimizer):
             ls["forwards"] += ev.forwards
             ls["backwards"] += ev.backwards
             ls["trials"] += info["trials"]
-            ls["step_size"] = s_upd
+            ls["update_length"] = s_upd
             if s_upd <= 0:
                 ls["skipped"] += 1
-            info.update(case=case, step_size=s_upd, lr=lr, a=a, b=slope, loss_mu=f_mu,
+            info.update(case=case, update_length=s_upd, lr=lr, a=a, b=slope, loss_mu=f_mu,
                         direction_norm=norm, forwards=ev.forwards, backwards=ev.backwards)
             self._note_written_lr()
             self.last_step = info
