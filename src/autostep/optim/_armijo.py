@@ -35,6 +35,7 @@ from ._armijo_plan import Plan, Segment, Segments, decrease_terms, slopes
 from ._armijo_search import BacktrackingSearch
 from ._armijo_step_sizes import AMORTIZE_WARMUP, StepSizes
 from ._optimizer import AutostepOptimizer
+from ._state import ls_property
 
 __all__ = ["ArmijoOptimizer", "Plan", "Segment", "decrease_terms"]
 
@@ -105,11 +106,10 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
             V.nonnegative(f"param group {index} step_size", group["step_size"])
 
     # ------------------------------------------------------------------ public read-outs
-    @property
-    def skipped_steps(self) -> int:
-        """Steps that left the parameters unchanged: the search exhausted ``max_trials``, or the
-        start loss or gradient was not finite (those also count in :attr:`nonfinite_steps`)."""
-        return self._ls["skipped"]
+    skipped_steps = ls_property("skipped", "Steps that left the parameters unchanged: the search "
+                                           "exhausted ``max_trials``, or the start loss or "
+                                           "gradient was not finite (those also count in "
+                                           ":attr:`nonfinite_steps`).")
 
     @property
     def step_size(self) -> float:
@@ -333,15 +333,10 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
             for group in self.param_groups:
                 group["applied_lr"] = group["lr"]
         except BaseException:
-            if line is not None:
-                line.restore()
-            ev.abort()
-            undo.restore(self)
+            self._abort_step(ev, undo, line)
             raise
         finally:
-            ev.finish()
-            if line is not None:
-                line.release()
+            self._close_step(ev, line)
         ls["forwards"] += ev.forwards
         ls["backwards"] += ev.backwards
         ls["trials"] += info["trials"]

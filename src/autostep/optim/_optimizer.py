@@ -30,7 +30,7 @@ from ..distributed import Reducer
 from .. import _validate as V
 from ._adam import sq_norm_float, sq_norms
 from ._checkpoint import CheckpointMixin
-from ._state import OPTIONAL_LS, STATE_KEY, StepUndo
+from ._state import OPTIONAL_LS, STATE_KEY, StepUndo, ls_property
 
 __all__ = ["AutostepOptimizer", "StepUndo", "STATE_KEY"]
 
@@ -238,6 +238,23 @@ class AutostepOptimizer(CheckpointMixin, Optimizer):
         self._check_step_lrs()
         return StepUndo(self, state=self._state_before_commit, grads=False)
 
+    def _abort_step(self, ev, undo: StepUndo, line=None) -> None:
+        """A step that raises: parameters (``line``, the step's :class:`~autostep._line.Line`),
+        the evaluations' side effects (buffers, ``.grad``, generators) and the optimizer's state
+        back to before the step."""
+        if line is not None:
+            line.restore()
+        ev.abort()
+        undo.restore(self)
+
+    @staticmethod
+    def _close_step(ev, line=None) -> None:
+        """Whatever the outcome: the generators where the first evaluation left them, and the
+        line's exclusive hold on the parameters released."""
+        ev.finish()
+        if line is not None:
+            line.release()
+
     def _grads_finite(self, ev) -> bool:
         """Whether every gradient the closure produced is finite (agreed over ranks)."""
         grads = [p.grad for p in ev.params if p.grad is not None and not p.grad.is_sparse]
@@ -290,15 +307,10 @@ class AutostepOptimizer(CheckpointMixin, Optimizer):
             stacklevel=4,
         )
 
-    @property
-    def skipped_steps(self) -> int:
-        """Steps that left the parameters unchanged (see the class for the reasons it counts)."""
-        return self._ls["skipped"]
-
-    @property
-    def nonfinite_steps(self) -> int:
-        """Steps skipped because the start loss or the gradient was NaN or infinite."""
-        return self._ls["nonfinite"]
+    skipped_steps = ls_property("skipped", "Steps that left the parameters unchanged (see the "
+                                           "class for the reasons it counts).")
+    nonfinite_steps = ls_property("nonfinite", "Steps skipped because the start loss or the "
+                                               "gradient was NaN or infinite.")
 
     def _params_with_grad(self, group: dict) -> list:
         return [p for p in group["params"] if p.grad is not None]
@@ -334,22 +346,8 @@ class AutostepOptimizer(CheckpointMixin, Optimizer):
     def _all_params(self) -> list:
         return [p for g in self.param_groups for p in g["params"]]
 
-    @property
-    def forwards(self) -> int:
-        """Forward passes (closure calls) since construction."""
-        return self._ls["forwards"]
-
-    @property
-    def backwards(self) -> int:
-        """Backward passes since construction."""
-        return self._ls["backwards"]
-
-    @property
-    def trials(self) -> int:
-        """Trial evaluations (forwards under no_grad at moved parameters) since construction."""
-        return self._ls["trials"]
-
-    @property
-    def steps(self) -> int:
-        """Completed ``step`` calls."""
-        return self._ls["step"]
+    forwards = ls_property("forwards", "Forward passes (closure calls) since construction.")
+    backwards = ls_property("backwards", "Backward passes since construction.")
+    trials = ls_property("trials", "Trial evaluations (forwards under no_grad at moved parameters) "
+                                   "since construction.")
+    steps = ls_property("step", "Completed ``step`` calls.")

@@ -30,23 +30,25 @@ class ParabolicOptimizer(AutostepOptimizer):
         a ``momentum`` write (``OneCycleLR(cycle_momentum=True)``) is used, but rarely meant."""
         name = type(self).__name__
         for group in self.param_groups:
-            if group["lr"] != group["applied_lr"] and not self._warned.get("lr"):
-                self._warned["lr"] = True
-                warnings.warn(
+            if group["lr"] != group["applied_lr"]:
+                self._warn_once("lr", (
                     f"{name}: param_groups[...]['lr'] was set to {group['lr']!r} from outside (an LR "
                     f"scheduler?). {name} computes its own step size; lr is a read-out of it and the "
                     "written value is ignored. Remove the scheduler (or use an Armijo-family "
-                    "optimizer, where a scheduler caps the step size).",
-                    RuntimeWarning, stacklevel=3)
-            if group["momentum"] != group["applied_momentum"] and not self._warned.get("momentum"):
-                self._warned["momentum"] = True
-                warnings.warn(
+                    "optimizer, where a scheduler caps the step size)."))
+            if group["momentum"] != group["applied_momentum"]:
+                self._warn_once("momentum", (
                     f"{name}: param_groups[...]['momentum'] was changed from "
                     f"{group['applied_momentum']!r} to {group['momentum']!r} between steps "
                     "(OneCycleLR with cycle_momentum=True does this); the new value is used. Pass "
-                    "cycle_momentum=False if that is not what you want.",
-                    RuntimeWarning, stacklevel=3)
+                    "cycle_momentum=False if that is not what you want."))
             group["applied_momentum"] = group["momentum"]
+
+    def _warn_once(self, key: str, message: str) -> None:
+        """A ``RuntimeWarning`` the first time ``key`` comes up for this optimizer."""
+        if not self._warned.get(key):
+            self._warned[key] = True
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     def _note_written_lr(self) -> None:
         for group in self.param_groups:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from ._optimizer import AutostepOptimizer
 
-__all__ = ["STATE_KEY", "OPTIONAL_LS", "StepUndo"]
+__all__ = ["STATE_KEY", "OPTIONAL_LS", "StepUndo", "ls_property"]
 
 #: key of the optimizer-level state in ``param_groups[0]``
 STATE_KEY = "autostep"
@@ -53,6 +53,11 @@ def _copy_group(g: dict) -> dict:
     if isinstance(g.get(STATE_KEY), dict):
         out[STATE_KEY] = _copy1(g[STATE_KEY])
     return out
+
+
+def ls_property(key: str, doc: str) -> property:
+    """A read-only property returning ``self._ls[key]``: a counter or mode of the state."""
+    return property(lambda self: self._ls[key], doc=doc)
 
 
 #: side-state counters added by the fault handling; state dicts saved before it lack them

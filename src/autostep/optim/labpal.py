@@ -18,6 +18,7 @@ from ._docs import PARABOLIC_DOC
 from ._labpal_direction import DirectionWindows
 from ._labpal_phases import Phases
 from ._parabolic_base import ParabolicOptimizer, renamed_keyword
+from ._state import ls_property
 
 __all__ = ["LABPAL"]
 
@@ -180,24 +181,11 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
             V.positive_int("total_steps", group["total_steps"])
         V.positive("noise_factor", group["noise_factor"])
 
-    @property
-    def updates(self) -> int:
-        """Parameter updates performed (training-phase windows completed)."""
-        return self._ls["updates"]
-
-    @property
-    def estimates(self) -> int:
-        """Successful parabola fits."""
-        return self._ls["estimates"]
-
-    @property
-    def failed_fits(self) -> int:
-        return self._ls["failed_fits"]
-
-    @property
-    def phase(self) -> str:
-        """``"approx"`` or ``"train"``: the phase the next call belongs to."""
-        return self._ls["phase"]
+    updates = ls_property("updates", "Parameter updates performed (training-phase windows "
+                                     "completed).")
+    estimates = ls_property("estimates", "Successful parabola fits.")
+    failed_fits = ls_property("failed_fits", "Fits that gave no estimate (the previous one kept).")
+    phase = ls_property("phase", '``"approx"`` or ``"train"``: the phase the next call belongs to.')
 
     @property
     def noise_factor(self) -> float:
@@ -289,9 +277,8 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
             self.last_step = info
         except BaseException:
             self._unswap(swapped)
-            ev.abort()
-            undo.restore(self)
+            self._abort_step(ev, undo)
             raise
         finally:
-            ev.finish()
+            self._close_step(ev)
         return loss

@@ -20,6 +20,7 @@ from .. import _validate as V
 from ._adam import dot_float, sq_norm_float
 from ._docs import PARABOLIC_DOC
 from ._parabolic_base import ParabolicOptimizer
+from ._state import ls_property
 
 __all__ = ["PAL"]
 
@@ -98,10 +99,8 @@ class PAL(ParabolicOptimizer):
                 for p in self._params_with_grad(group):
                     self.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
 
-    @property
-    def skipped_steps(self) -> int:
-        """Steps that left the parameters unchanged (ascent direction, zero or non-finite)."""
-        return self._ls["skipped"]
+    skipped_steps = ls_property("skipped", "Steps that left the parameters unchanged (ascent "
+                                           "direction, zero or non-finite).")
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None,
@@ -202,13 +201,8 @@ class PAL(ParabolicOptimizer):
             self._note_written_lr()
             self.last_step = info
         except BaseException:
-            if line is not None:
-                line.restore()
-            ev.abort()
-            undo.restore(self)
+            self._abort_step(ev, undo, line)
             raise
         finally:
-            ev.finish()
-            if line is not None:
-                line.release()
+            self._close_step(ev, line)
         return loss
