@@ -189,3 +189,20 @@ def test_closure_need_is_one_class_attribute_read_by_the_registry_and_the_hf_int
     sls = autostep.SLS([w])
     assert _autostep_optimizer(Wrapper(sls)) is sls
     assert _autostep_optimizer(Wrapper(torch.optim.SGD([w], lr=0.1))) is None
+
+
+@pytest.mark.parametrize("cls", [PAL, LABPAL])
+def test_pal_labpal_warn_when_constructed_with_an_lr(cls):
+    # lr is their read-out: PAL(params, 0.1), as one writes SGD(params, 0.1), sets no rate
+    w = nn.Parameter(torch.zeros(2))
+    with pytest.warns(RuntimeWarning, match="lr=0.1 has no effect"):
+        opt = cls([w], 0.1)
+    assert opt.param_groups[0]["lr"] == 0.1  # shown until the first step, as documented
+    with pytest.warns(RuntimeWarning, match="lr=0.2 has no effect"):
+        cls([{"params": [w], "lr": 0.2}])
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt = cls([w])
+        opt.load_state_dict(opt.state_dict())

@@ -19,6 +19,17 @@ class ParabolicOptimizer(AutostepOptimizer):
     def _with_grad(self) -> list[list]:
         return [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
 
+    def add_param_group(self, param_group: dict) -> None:
+        """As torch's; an ``lr`` other than 0 is reported: it is a read-out here, shown until the
+        first step and never used (``PAL(params, 0.1)`` does not set a learning rate)."""
+        lr = param_group.get("lr", self.defaults.get("lr")) if isinstance(param_group, dict) else None
+        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr > 0:
+            self._warn_once("lr given", (
+                f"{type(self).__name__}: lr={lr!r} has no effect: {type(self).__name__} computes "
+                "its own step size and param_groups[...]['lr'] is a read-out of it (the value "
+                "given is shown until the first step). Leave lr out."))
+        super().add_param_group(param_group)
+
     def _group_added(self, group: dict) -> None:
         # what the optimizer last wrote / was given, to tell writes from outside (schedulers)
         group.setdefault("applied_lr", group["lr"])
