@@ -76,7 +76,8 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
             ``B_a = 1280`` with ``B_i = 128``).
         reuse_steps (1000): ``s_SGD``, updates an estimate is reused for.
         measuring_step (0.01): ``mu``, spacing of the three measured positions ``0, mu, 2 mu``
-            (grid ``{0.1, 0.01}``; 0.01 is the published code's default).
+            (grid ``{0.1, 0.01}``; 0.01 is the published code's default).  PAL's name for ``mu``;
+            ``sample_step`` is its old name here, accepted with a ``DeprecationWarning``.
         max_step (1.0): cap on ``s_min`` before ``alpha`` (as the published code and the paper's
             sensitivity analysis: the applied step can reach ``alpha * max_step``).
         momentum (0.0): may differ between param groups (the paper finds 0.4-0.6 helps).
