@@ -73,8 +73,8 @@ TARGETS = [
     ("autostep.optim.salsa", "ALSALS._plan", "direction"),
     ("autostep.optim.layerwise", "PLASLS._plan", "direction"),
     ("autostep.optim._adam", "adam_moments", "direction"),
-    ("autostep.optim._adam", "dots", "dots"),
-    ("autostep.optim._adam", "sq_norms", "dots"),
+    ("autostep.optim._reductions", "dots", "dots"),
+    ("autostep.optim._reductions", "sq_norms", "dots"),
     ("autostep.optim._adam", "read_floats", "dots"),
     ("autostep.optim.sls", "_floats", "dots"),
     ("autostep._line", "Line.__init__", "moves"),
@@ -140,7 +140,7 @@ def instrumented(prof: Profiler):
     for name in ("autostep.optim.sls", "autostep.optim.salsa", "autostep.optim.layerwise",
                  "autostep.optim._adam_direction",
                  "autostep.optim._armijo", "autostep.optim._armijo_plan", "autostep._line",
-                 "autostep.optim._adam"):
+                 "autostep.optim._adam", "autostep.optim._reductions"):
         mod = importlib.import_module(name)
         for attr, val in list(vars(mod).items()):
             if callable(val) and val in wrapped_funcs and getattr(mod, attr) is not wrapped_funcs[val]:

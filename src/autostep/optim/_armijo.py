@@ -30,11 +30,11 @@ import torch
 from .._closure import NonFiniteLossError, unscale_grads
 from .._line import Line
 from .. import _validate as V
-from ._adam import all_zero
 from ._armijo_plan import Plan, Segment, Segments, decrease_terms, slopes
 from ._armijo_search import BacktrackingSearch
 from ._armijo_step_sizes import AMORTIZE_WARMUP, StepSizes
 from ._optimizer import AutostepOptimizer
+from ._reductions import all_zero
 from ._state import ls_property
 
 __all__ = ["ArmijoOptimizer", "Plan", "Segment", "decrease_terms"]

@@ -20,7 +20,7 @@ import torch
 from .._closure import ClosureEvaluator
 from .._line import Line, axpy_
 from ..distributed import locals_
-from ._adam import dots, sq_norms
+from ._reductions import dots, sq_norms
 
 __all__ = ["Plan", "Segment", "Segments", "decrease_terms", "flat_weights", "slopes",
            "sq_norm_terms"]

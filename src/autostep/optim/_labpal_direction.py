@@ -8,7 +8,7 @@ import math
 
 import torch
 
-from ._adam import sq_norm_float
+from ._reductions import sq_norm_float
 
 __all__ = ["DirectionWindows"]
 

@@ -28,8 +28,8 @@ from torch.optim import Optimizer
 from .._closure import ClosureEvaluator, model_buffers
 from ..distributed import Reducer
 from .. import _validate as V
-from ._adam import sq_norm_float, sq_norms
 from ._checkpoint import CheckpointMixin
+from ._reductions import sq_norm_float, sq_norms
 from ._state import OPTIONAL_LS, STATE_KEY, StepUndo, ls_property
 
 __all__ = ["AutostepOptimizer", "StepUndo", "STATE_KEY"]

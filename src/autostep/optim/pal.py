@@ -17,9 +17,9 @@ from .._closure import NonFiniteLossError, unscale_grads
 from .._line import Line
 from . import _parabola as P
 from .. import _validate as V
-from ._adam import dot_float, sq_norm_float
 from ._docs import PARABOLIC_DOC
 from ._parabolic_base import ParabolicOptimizer
+from ._reductions import dot_float, sq_norm_float
 from ._state import ls_property
 
 __all__ = ["PAL"]
