@@ -10,7 +10,7 @@ import warnings
 
 from ._optimizer import AutostepOptimizer
 
-__all__ = ["ParabolicOptimizer", "renamed_keyword"]
+__all__ = ["ParabolicOptimizer"]
 
 
 class ParabolicOptimizer(AutostepOptimizer):
@@ -85,16 +85,3 @@ class ParabolicOptimizer(AutostepOptimizer):
         warnings.warn(f"{type(self).__name__}.step_size is now called update_length; the old name "
                       "will be removed", DeprecationWarning, stacklevel=2)
         return self.update_length
-
-
-def renamed_keyword(where: str, old: str, old_value, new: str, new_value, default):
-    """The value of a keyword argument renamed from ``old`` to ``new``: ``old_value`` (``None``:
-    not passed) wins with a ``DeprecationWarning``; passing both names is a ``TypeError``."""
-    if old_value is None:
-        return new_value
-    if new_value != default:
-        raise TypeError(f"{where}() got both {old}= and {new}=; pass only {new}= "
-                        f"({old}= is its old name)")
-    warnings.warn(f"{where}(): the keyword {old}= is now called {new}=; the old name will be "
-                  "removed", DeprecationWarning, stacklevel=3)
-    return old_value

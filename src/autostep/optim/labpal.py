@@ -17,7 +17,7 @@ from .. import _validate as V
 from ._docs import PARABOLIC_DOC
 from ._labpal_direction import DirectionWindows
 from ._labpal_phases import Phases
-from ._parabolic_base import ParabolicOptimizer, renamed_keyword
+from ._parabolic_base import ParabolicOptimizer
 from ._state import ls_property
 
 __all__ = ["LABPAL"]
@@ -129,8 +129,8 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
                  max_step: float = 1.0, total_steps: Optional[int] = None,
                  noise_factor: Optional[float] = None, dataset_size: Optional[int] = None,
                  batch_size: Optional[int] = None, sample_step: Optional[float] = None):
-        measuring_step = renamed_keyword("LABPAL", "sample_step", sample_step, "measuring_step",
-                                         measuring_step, 0.01)
+        measuring_step = V.renamed_keyword("LABPAL", "sample_step", sample_step,
+                                           "measuring_step", measuring_step, 0.01)
         if noise_factor is not None and (dataset_size is not None or batch_size is not None):
             raise ValueError("give either noise_factor or dataset_size and batch_size, not both")
         if (dataset_size is None) != (batch_size is None):
