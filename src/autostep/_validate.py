@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from .distributed import locals_
+
 __all__ = ["finite", "positive", "nonnegative", "greater_than", "open_unit", "half_open_unit",
            "positive_int", "betas", "choice", "increasing_pair", "step_lr", "reiterable", "not_meta",
            "check_loss", "tensor_list_finite", "finite_hint", "renamed_keyword"]
@@ -195,8 +197,7 @@ def tensor_list_finite(ts) -> "torch.Tensor":
     long as a backward of an MLP); :func:`finite_hint` is the fast first test."""
     if not ts:
         return torch.zeros((), dtype=torch.float64)
-    from .distributed import locals_  # DTensors: this rank's shards (callers rank-reduce it)
-
+    # DTensors: this rank's shards (callers rank-reduce it)
     return torch.stack(torch._foreach_norm(locals_(ts), math.inf, dtype=torch.float64)).sum()
 
 
@@ -210,8 +211,6 @@ def finite_hint(ts) -> "torch.Tensor":
     only then, which is rare)."""
     if not ts:
         return torch.zeros((), dtype=torch.float64)
-    from .distributed import locals_
-
     norms = torch._foreach_norm(locals_(ts))
     try:
         return torch.stack(norms).sum()
