@@ -7,6 +7,8 @@
 * :class:`ModelState` -- a model's parameters and buffers (and its gradients and train/eval flags),
   written back in place.  The LR search resets every trial with it, the range test and the
   loss-along-lines diagnostic put the model back with it.
+* :class:`OptimizerState` -- an optimizer's per-parameter state and param-group values, copied and
+  put back in place (AutoLR's direction probe steps the wrapped optimizer and undoes it).
 * :func:`take_snapshot` / :func:`restore_snapshot` / :func:`drop_snapshot` -- the same tensors
   (:func:`model_tensors`) plus an optimizer's state, as a plain dict kept in memory or written to
   disk, for AutoLR's rollbacks (the dict travels in AutoLR's state dict).
@@ -27,8 +29,8 @@ from typing import Any, Iterable, Optional
 import torch
 from torch import nn
 
-__all__ = ["RNGSnapshot", "ModelState", "model_tensors", "clone_value", "take_snapshot",
-           "restore_snapshot", "drop_snapshot"]
+__all__ = ["RNGSnapshot", "ModelState", "OptimizerState", "model_tensors", "clone_value",
+           "take_snapshot", "restore_snapshot", "drop_snapshot"]
 
 
 class RNGSnapshot:
@@ -98,6 +100,36 @@ def clone_value(value: Any) -> Any:
     if isinstance(value, torch.Tensor):
         return value.detach().clone()
     return copy.deepcopy(value)
+
+
+class OptimizerState:
+    """An optimizer's ``state`` and param-group values (all but ``params``), copied now and put
+    back by :meth:`restore`: the copies become the live state (entries added since are dropped),
+    tensor group values are written back in place."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer) -> None:
+        self.optimizer = optimizer
+        self.state = {p: {k: clone_value(v) for k, v in st.items()}
+                      for p, st in optimizer.state.items()}
+        self.groups = [{k: clone_value(v) for k, v in g.items() if k != "params"}
+                       for g in optimizer.param_groups]
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        state = self.optimizer.state
+        for p in list(state.keys()):
+            if p not in self.state:
+                del state[p]
+        for p, st in self.state.items():
+            cur = state[p]
+            cur.clear()
+            cur.update(st)
+        for g, sg in zip(self.optimizer.param_groups, self.groups):
+            for k, v in sg.items():
+                if isinstance(g.get(k), torch.Tensor) and isinstance(v, torch.Tensor):
+                    g[k].copy_(v)
+                else:
+                    g[k] = v
 
 
 @torch.no_grad()

@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-from .._snapshot import clone_value
+from .._snapshot import OptimizerState
 
 __all__ = ["update_direction"]
 
@@ -26,10 +26,7 @@ def update_direction(optimizer: torch.optim.Optimizer, params: list,
     ``set_unit_rate()`` writes the unit rates into the param groups.  Parameters, optimizer state and
     every param-group value (the rates included) are exactly as before when this returns or raises.
     """
-    saved_state = {p: {k: clone_value(v) for k, v in st.items()}
-                   for p, st in optimizer.state.items()}
-    saved_groups = [{k: clone_value(v) for k, v in g.items() if k != "params"}
-                    for g in optimizer.param_groups]
+    saved = OptimizerState(optimizer)
     w0 = torch._foreach_mul(params, 1.0)   # an exact copy in one kernel
     try:
         set_unit_rate()
@@ -37,17 +34,5 @@ def update_direction(optimizer: torch.optim.Optimizer, params: list,
         d = torch._foreach_sub(w0, params)
     finally:
         torch._foreach_copy_(params, w0)
-        for p in list(optimizer.state.keys()):
-            if p not in saved_state:
-                del optimizer.state[p]
-        for p, st in saved_state.items():
-            cur = optimizer.state[p]
-            cur.clear()
-            cur.update(st)
-        for g, sg in zip(optimizer.param_groups, saved_groups):
-            for k, v in sg.items():
-                if isinstance(g.get(k), torch.Tensor) and isinstance(v, torch.Tensor):
-                    g[k].copy_(v)
-                else:
-                    g[k] = v
+        saved.restore()
     return list(d)
