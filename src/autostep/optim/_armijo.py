@@ -124,22 +124,6 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
         (:func:`decrease_terms`); it is ``None`` when no search follows."""
         raise NotImplementedError
 
-    def _replan_clipped(self, ev, segs: list, raw: list, clip: float, reuse: bool, line):
-        """The plan again with the exact clipping coefficient (rare: see ``_clip_coef_device``);
-        returns ``(plan, s)`` with the decrease terms read (one more host read)."""
-        for sg, gs in zip(segs, raw):
-            sg.grads = list(torch._foreach_mul(gs, clip)) if gs and clip < 1.0 else list(gs)
-        hint = None
-        plan = None if reuse else self._plan(segs, need_s=True, line=line)
-        if plan is None or plan.s is None:
-            hint = V.finite_hint([g for sg in segs for g in sg.grads])
-            return plan, ev.reduce([hint])
-        if ev.slope_grads is not None:
-            plan.s = slopes(ev, segs, plan.search, self.reducer)
-        elif clip < 1.0:
-            plan.s = plan.s / clip
-        return plan, ev.reduce(plan.s.tolist())
-
     def _smoothing(self) -> float:
         """EMA factor of the smoothed criterion, 0 for the plain Armijo condition."""
         return 0.0

@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from .. import _validate as V
 from .._closure import ClosureEvaluator
 from .._line import Line, axpy_
 from ..distributed import locals_
@@ -150,7 +151,8 @@ def slopes(ev: ClosureEvaluator, segs: list, dirs: list, reducer) -> torch.Tenso
     return torch.stack([t.to(out[0].device) for t in out])
 
 class Segments:
-    """Building a step's segments, checking their gradients, applying a plan's final update."""
+    """Building a step's segments, checking their gradients, planning again with the exact
+    clipping coefficient, applying a plan's final update."""
 
     def _segments(self, ev: ClosureEvaluator) -> list[Segment]:
         segs = []
@@ -186,3 +188,18 @@ class Segments:
             for sg, d, sc in zip(segs, dirs, scales):
                 axpy_(sg.params, d, sc)
 
+    def _replan_clipped(self, ev, segs: list, raw: list, clip: float, reuse: bool, line):
+        """The plan again with the exact clipping coefficient (rare: see ``_clip_coef_device``);
+        returns ``(plan, s)`` with the decrease terms read (one more host read)."""
+        for sg, gs in zip(segs, raw):
+            sg.grads = list(torch._foreach_mul(gs, clip)) if gs and clip < 1.0 else list(gs)
+        hint = None
+        plan = None if reuse else self._plan(segs, need_s=True, line=line)
+        if plan is None or plan.s is None:
+            hint = V.finite_hint([g for sg in segs for g in sg.grads])
+            return plan, ev.reduce([hint])
+        if ev.slope_grads is not None:
+            plan.s = slopes(ev, segs, plan.search, self.reducer)
+        elif clip < 1.0:
+            plan.s = plan.s / clip
+        return plan, ev.reduce(plan.s.tolist())
