@@ -12,6 +12,7 @@ from torch import nn
 
 import autostep
 from autostep import registry
+from autostep._closure import needs_closure
 from optimizer_infos import CASES, CONFORMANCE, INFOS, names
 
 NAMES = names(CONFORMANCE)
@@ -325,6 +326,7 @@ def test_flags_match_the_optimizer(info):
     assert info.is_per_layer == ("layer_lrs" in opt.param_groups[0])
     before = [p.detach().clone() for p in model.parameters()]
     xb, yb = data[0][:32], data[1][:32]
+    assert info.needs_closure == needs_closure(opt)  # the class attribute step_requires_closure
     if info.needs_closure:
         with pytest.raises(autostep.ClosureError, match="needs a closure"):
             opt.step()
