@@ -191,30 +191,6 @@ def test_headline_recommends_autostep_with_its_standing():
     assert rec == "Other" and "`Autostep` is not in this run" in text and "2 wins" in text
 
 
-@pytest.mark.slow
-def test_report_leaves_the_pyplot_backend_alone(tmp_path):
-    """The report draws on its own Agg canvases: a user's backend (here svg) is never switched."""
-    pytest.importorskip("matplotlib")
-    import subprocess
-    import sys
-
-    losses = {BASELINE: {"a": [1.0, 2.0, 4.0]}, "Autostep": {"a": [1.1, 2.1, 3.9]}}
-    path = tmp_path / "results.json"
-    results = _fake_results(list(losses), losses)
-    for r in results["runs"]:
-        r["val_loss"] = r["train_loss"]
-    path.write_text(json.dumps(results))
-    code = ("import json, matplotlib; matplotlib.use('svg')\n"
-            "from autostep.bench.report import write_report\n"
-            f"write_report(json.load(open({str(path)!r})), {str(tmp_path)!r})\n"
-            "print(matplotlib.get_backend())\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "svg"
-    assert (tmp_path / "curves_a.png").stat().st_size > 1000 and (tmp_path / "report.md").exists()
-
-
 def test_bulk_limits_clip_a_collapsed_line_and_keep_the_references():
     lines = {f"m{i}": [1e-3, 1e-2] for i in range(5)}
     lines["collapse"] = [1e-8, 1e-2]

@@ -138,29 +138,6 @@ def test_no_demo_fallback_and_no_file_by_default(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no lines.png written
 
 
-@pytest.mark.slow  # a fresh interpreter (import autostep and matplotlib there): ~3.5 s
-def test_plot_leaves_the_pyplot_backend_alone(tmp_path):
-    import subprocess
-    import sys
-
-    code = (
-        "import matplotlib; matplotlib.use('svg'); import autostep, torch; from torch import nn\n"
-        "from autostep.lines import loss_along_lines, plot\n"
-        "m = nn.Linear(3, 1); x = torch.randn(32, 3); y = torch.randn(32, 1)\n"
-        "lf = lambda mm, b: nn.functional.mse_loss(mm(b[0]), b[1])\n"
-        "r = loss_along_lines(m, lf, (x, y), steps=2, every=1, batch_size=8, "
-        f"out={str(tmp_path / 'a.png')!r})\n"
-        "fig = plot(r)\n"
-        "print(matplotlib.get_backend())\n"
-    )
-    env = dict(__import__("os").environ, PYTHONPATH=__import__("os").pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                         timeout=120)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "svg"
-    assert (tmp_path / "a.png").stat().st_size > 1000
-
-
 @pytest.mark.parametrize(
     "change, exc, match",
     [
