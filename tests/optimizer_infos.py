@@ -121,6 +121,7 @@ ARMIJO_ERRORS = _lr_errors("> 0") + (
 ADAM_ERRORS = (
     ErrorInput({"betas": (1.0, 0.999)}, ValueError, r"betas\[0\] must be in \[0, 1\)"),
     ErrorInput({"eps": 0.0}, ValueError, "eps must be > 0"),
+    ErrorInput({"memory": "small"}, ValueError, r"memory must be one of \('fast', 'lean'\), got 'small'"),
 )
 SMOOTHED_ERRORS = (
     ErrorInput({"smooth": 1.0}, ValueError, r"smooth must be in \[0, 1\)"),
@@ -141,7 +142,11 @@ INFOS = (
     ),
     OptimizerInfo(
         autostep.AdamSLS,
-        inputs=(OptimizerInput("", registry="AdamSLS"),),
+        inputs=(
+            OptimizerInput("", registry="AdamSLS"),
+            # memory="lean" (the denominator rebuilt at each use), one input per class
+            OptimizerInput("lean", {"memory": "lean"}),
+        ),
         error_inputs=ARMIJO_ERRORS + ADAM_ERRORS + OPTION_ERRORS,
         is_armijo=True,
     ),
@@ -151,6 +156,7 @@ INFOS = (
             OptimizerInput("", registry="SALSA"),
             OptimizerInput("sgd", {"direction": "sgd", "lr": 1.0, "max_lr": 10.0}),
             OptimizerInput("amortized", {"amortize": 5}),
+            OptimizerInput("amortized-lean", {"amortize": 5, "memory": "lean"}),
             OptimizerInput("amortized-10", {"amortize": 10}, suites=frozenset({CONFORMANCE}),
                            registry="SALSA-amortized"),
         ),
@@ -164,13 +170,17 @@ INFOS = (
         inputs=(
             OptimizerInput("", registry="ALSALS"),
             OptimizerInput("smooth", {"smooth": 0.9}, registry="ALSALS-smooth"),
+            OptimizerInput("smooth-lean", {"smooth": 0.9, "memory": "lean"}),
         ),
         error_inputs=ARMIJO_ERRORS + ADAM_ERRORS + SMOOTHED_ERRORS + OPTION_ERRORS,
         is_armijo=True, has_amortize=True,
     ),
     OptimizerInfo(
         autostep.PLASLS,
-        inputs=(OptimizerInput("", registry="PLASLS"),),
+        inputs=(
+            OptimizerInput("", registry="PLASLS"),
+            OptimizerInput("lean", {"memory": "lean"}),
+        ),
         error_inputs=ARMIJO_ERRORS + ADAM_ERRORS + OPTION_ERRORS,
         is_armijo=True, is_per_layer=True,
     ),

@@ -29,6 +29,7 @@ from typing import Sequence, Union
 
 import torch
 
+from ._lean import Rebuilt, rebuild_move_
 from .distributed import locals_
 
 Direction = Union[Sequence[torch.Tensor], tuple]
@@ -66,6 +67,9 @@ def axpy_(params: Sequence[torch.Tensor], d: Direction, s) -> None:
     so a point reached either way is bitwise the same."""
     params = locals_(params)  # DTensors: their local shards (every op here is pointwise)
     if not params:
+        return
+    if isinstance(d, Rebuilt):  # memory="lean": rebuilt piece by piece, bitwise the same
+        rebuild_move_([params], None, [d], [s])
         return
     per_tensor = isinstance(s, (list, tuple))
     if per_tensor and all(x == s[0] for x in s):
@@ -166,6 +170,12 @@ class Line:
         """
         dirs = self.dirs if dirs is None else list(dirs)
         if not self._all:
+            self.scales = list(scales)
+            return
+        if any(isinstance(d, Rebuilt) for d in dirs):  # memory="lean" (see autostep._lean)
+            at_w0 = self.exclusive and self._at_w0
+            self._at_w0 = False
+            rebuild_move_(self.params, None if at_w0 else self.w0, dirs, scales)
             self.scales = list(scales)
             return
         if not (self.exclusive and self._at_w0):

@@ -83,6 +83,29 @@ class AdamMoments:
         return list(d)
 
     @torch.no_grad()
+    def denom_into(self, i: int, view, out: torch.Tensor) -> None:
+        """Tensor ``i`` of :meth:`denom` (the piece ``view`` selects) written into ``out``: the
+        same elementwise operations in the same order, so bitwise the same values
+        (``memory="lean"``, :mod:`autostep._lean`)."""
+        v = view(self.vs[i])
+        if self.committed:
+            torch.sqrt(v, out=out)
+        else:
+            g = view(self.grads[i])
+            torch.mul(v, self.b2, out=out)
+            out.addcmul_(g, g, value=1.0 - self.b2)
+            out.sqrt_()
+        out.div_(math.sqrt(1.0 - self.b2 ** self.steps[i]))
+        out.add_(self.eps)
+
+    @torch.no_grad()
+    def m_into(self, i: int, view, out: torch.Tensor) -> None:
+        """Tensor ``i`` of :meth:`m_new` (the piece ``view`` selects) written into ``out``."""
+        out.copy_(view(self.ms[i]))
+        if not self.committed:
+            out.lerp_(view(self.grads[i]), 1.0 - self.b1)
+
+    @torch.no_grad()
     def m_new(self, out: Sequence[torch.Tensor] | None = None) -> list:
         """``m_k`` in ``out`` (a scratch list shaped like the params) or in a fresh list (after
         :meth:`commit`: the state's own ``m_k``)."""

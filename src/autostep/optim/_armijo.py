@@ -193,7 +193,7 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
             if plan is None:
                 pass
             elif plan.s is not None and ev.slope_grads is not None:
-                plan.s = slopes(ev, segs, plan.search, self.reducer)
+                plan.s = slopes(ev, segs, plan.search, self.reducer, line)
             elif plan.s is not None and clip_t is not None:
                 # the Armijo slope is <g, d> with the unclipped g = g_clipped / clip
                 plan.s = plan.s / clip_t

@@ -19,6 +19,7 @@ import torch
 
 from .. import _validate as V
 from .._closure import ClosureEvaluator
+from .._lean import Rebuilt
 from .._line import Line, axpy_
 from ..distributed import locals_
 from ._reductions import dots, sq_norms
@@ -67,13 +68,15 @@ class Plan:
 
 
 def decrease_terms(line: Optional[Line], xs: list, ys: list, dens: Optional[list] = None,
-                   weights: Optional[list] = None):
+                   weights: Optional[list] = None, dens_in_scratch: bool = False):
     """Per segment ``sum <x, y / den>`` (``den`` optional) as a 1-d tensor on the device.
 
     ``xs``, ``ys``, ``dens`` hold one tensor list per segment; the line's ``w0`` buffer (not yet
-    saved) is the scratch, so no temporary is allocated.  DTensors enter through their local
-    shards; ``weights`` (``Reducer.weights`` of the segments' parameters, one flat list; ``None``
-    for all 1) scale each tensor's term so that the rank average of the sums is the global sum.
+    saved) is the scratch, so no temporary is allocated.  ``dens_in_scratch``: ``dens`` are the
+    scratch tensors themselves (``memory="lean"``), overwritten by ``y / den``.  DTensors enter
+    through their local shards; ``weights`` (``Reducer.weights`` of the segments' parameters, one
+    flat list; ``None`` for all 1) scale each tensor's term so that the rank average of the sums
+    is the global sum.
 
     On accelerators: one foreach pass per operation over all segments (copy, divide, multiply)
     and one flat sum per segment -- a handful of kernel launches whatever the number of tensors.
@@ -100,10 +103,14 @@ def decrease_terms(line: Optional[Line], xs: list, ys: list, dens: Optional[list
             sums.append(torch.stack(parts).sum() if parts else torch.zeros((), dtype=line.dtype))
         return torch.stack(sums)
     flat = [t for seg in buf for t in seg]
-    if flat:
+    if flat and dens_in_scratch:
+        for b, y in zip(flat, [t for seg in ys for t in seg]):
+            torch.div(y, b, out=b)
+    elif flat:
         torch._foreach_copy_(flat, [t for seg in ys for t in seg])
         if dens is not None:
             torch._foreach_div_(flat, [t for seg in dens for t in seg])
+    if flat:
         torch._foreach_mul_(flat, [t for seg in xs for t in seg])
         if weights is not None:
             torch._foreach_mul_(flat, list(weights))
@@ -132,17 +139,21 @@ def _on_cpu(buf: list) -> bool:
     return all(t.device.type == "cpu" for seg in buf for t in seg)
 
 
-def slopes(ev: ClosureEvaluator, segs: list, dirs: list, reducer) -> torch.Tensor:
+def slopes(ev: ClosureEvaluator, segs: list, dirs: list, reducer,
+           line: Optional[Line] = None) -> torch.Tensor:
     """``<g_f, d>`` per segment (1-d tensor on the device), ``g_f`` the gradient of the loss the
     closure returns.
 
     Differs from the plan's ``<g, d>`` when a torch-style closure added its gradient to gradients
     accumulated before the step: the direction uses the accumulated gradient, the Armijo test the
-    slope of the loss it evaluates.
+    slope of the loss it evaluates.  A :class:`~autostep._lean.Rebuilt` direction is written
+    into ``line``'s scratch first (``memory="lean"``; the line is not saved yet).
     """
     by_id = {id(p): g for p, g in zip(ev.params, ev.slope_grads)}
     out = []
-    for sg, d in zip(segs, dirs):
+    for j, (sg, d) in enumerate(zip(segs, dirs)):
+        if isinstance(d, Rebuilt):  # no line: no segment has parameters with a gradient
+            d = d.materialize(line.scratch[j] if line is not None else [])
         num, den = d if isinstance(d, tuple) else (d, None)
         keep = [i for i, p in enumerate(sg.params) if by_id.get(id(p)) is not None]
         gs = [by_id[id(sg.params[i])] for i in keep]
@@ -199,7 +210,7 @@ class Segments:
             hint = V.finite_hint([g for sg in segs for g in sg.grads])
             return plan, ev.reduce([hint])
         if ev.slope_grads is not None:
-            plan.s = slopes(ev, segs, plan.search, self.reducer)
+            plan.s = slopes(ev, segs, plan.search, self.reducer, line)
         elif clip < 1.0:
             plan.s = plan.s / clip
         return plan, ev.reduce(plan.s.tolist())

@@ -101,6 +101,8 @@ class CheckpointMixin:
     _legacy_ls: dict = {}
     #: hyper-parameters renamed since older versions: old name -> new name
     _legacy_group_keys: dict = {}
+    #: hyper-parameters added since older versions (their checkpoints load with the current value)
+    _optional_group_keys: tuple = ()
 
     def _upgrade_state_dict(self, state_dict: dict) -> dict:
         """A state dict of an older version in today's layout (a new dict; the argument is kept):
@@ -115,6 +117,10 @@ class CheckpointMixin:
             return state_dict
         groups = [_renamed(g, self._legacy_group_keys) if isinstance(g, dict) else g
                   for g in groups]
+        # hyper-parameters added since (memory=): older checkpoints load with this optimizer's
+        groups = [dict(g, **{k: cur[k] for k in self._optional_group_keys if k not in g and k in cur})
+                  if isinstance(g, dict) else g
+                  for g, cur in zip(groups, list(self.param_groups) + [{}] * len(groups))]
         first = groups[0]
         if legacy is not None and STATE_KEY not in first:
             first = dict(first, **{STATE_KEY: legacy})

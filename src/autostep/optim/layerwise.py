@@ -61,7 +61,7 @@ class PLASLS(AdamArmijo):
         lr (0.1): initial step size of every layer.  c (0.1): as :class:`AdamSLS` (the slides reuse
             the Armijo constant of Adam + SLS).
         backtrack (0.9), growth_steps (500), reset, reset_every, min_lr, max_trials: as :class:`SLS`.
-        max_lr (1.0), betas ((0.9, 0.999)), eps (1e-8): as :class:`AdamSLS`.
+        max_lr (1.0), betas ((0.9, 0.999)), eps (1e-8), memory ("fast"): as :class:`AdamSLS`.
     """ + ARMIJO_DOC
 
     _per_segment = True

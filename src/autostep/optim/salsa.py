@@ -8,6 +8,7 @@ import torch
 
 from .. import _validate as V
 from ._adam_direction import AdamDirection
+from .._lean import Rebuilt
 from ._armijo import ArmijoOptimizer, Plan, Segment, decrease_terms
 from ._armijo_plan import flat_weights, sq_norm_terms
 from ._docs import ARMIJO_DOC
@@ -90,23 +91,23 @@ class SALSA(AdamDirection, _Smoothed):
         backtrack (0.9), growth_steps (500), reset, reset_every, min_lr, max_trials: as :class:`SLS`
             (the published code grows by 1.1 per step and backtracks by 0.8; we keep the ALSALS
             paper's 2**(1/500) so that one forward per step is the common case).
-        max_lr (1.0), betas ((0.9, 0.999)), eps (1e-8): as :class:`AdamSLS`.
+        max_lr (1.0), betas ((0.9, 0.999)), eps (1e-8), memory ("fast"): as :class:`AdamSLS`.
         amortize (0): see below.
     """ + _AMORTIZE_DOC + ARMIJO_DOC
 
-    _shared = ("max_trials", "smooth", "amortize", "direction")
+    _shared = ("max_trials", "smooth", "amortize", "direction", "memory")
 
     def __init__(self, params, lr: float = 0.1, *, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, max_grad_norm: Optional[float] = None, c: float = 0.5,
                  smooth: float = 0.9, direction: str = "adam", backtrack: float = 0.9,
                  growth_steps: float = 500, reset: str = "growth", reset_every: int = 300,
                  max_lr: float = 1.0, min_lr: float = 1e-10, max_trials: int = 50,
-                 amortize: int = 0):
+                 amortize: int = 0, memory: str = "fast"):
         super().__init__(params, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
             c=c, smooth=smooth, direction=direction, backtrack=backtrack, growth_steps=growth_steps,
             reset=reset, reset_every=reset_every, max_lr=max_lr, min_lr=min_lr,
-            max_trials=max_trials, amortize=amortize))
+            max_trials=max_trials, amortize=amortize, memory=memory))
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
@@ -148,21 +149,23 @@ class ALSALS(AdamDirection, _Smoothed):
         lr (0.1): initial step size.  c (0.6): the paper's value (it reports 0.3-0.7 as good).
         smooth (0.0), amortize (0): see above and below.
         backtrack (0.9), growth_steps (500), reset, reset_every, min_lr, max_trials: as :class:`SLS`.
-        max_lr (1.0), betas ((0.9, 0.999)), eps (1e-8): as :class:`AdamSLS`.
+        max_lr (1.0), betas ((0.9, 0.999)), eps (1e-8), memory ("fast"): as :class:`AdamSLS`.
     """ + _AMORTIZE_DOC + ARMIJO_DOC
 
     _momentum_aware = True
+    _shared = ("max_trials", "smooth", "amortize", "memory")
 
     def __init__(self, params, lr: float = 0.1, *, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, max_grad_norm: Optional[float] = None, c: float = 0.6,
                  smooth: float = 0.0, backtrack: float = 0.9, growth_steps: float = 500,
                  reset: str = "growth", reset_every: int = 300, max_lr: float = 1.0,
-                 min_lr: float = 1e-10, max_trials: int = 50, amortize: int = 0):
+                 min_lr: float = 1e-10, max_trials: int = 50, amortize: int = 0,
+                 memory: str = "fast"):
         super().__init__(params, dict(
             lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm,
             c=c, smooth=smooth, backtrack=backtrack, growth_steps=growth_steps, reset=reset,
             reset_every=reset_every, max_lr=max_lr, min_lr=min_lr, max_trials=max_trials,
-            amortize=amortize))
+            amortize=amortize, memory=memory))
 
     def _validate_group(self, group: dict) -> None:
         super()._validate_group(group)
@@ -171,6 +174,8 @@ class ALSALS(AdamDirection, _Smoothed):
     @torch.no_grad()
     def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
         moments, dens = self._moments(segs)
+        if self._lean:
+            return self._plan_lean(segs, moments, need_s, line)
         scratch = line.scratch if line is not None else None
         search = []
         for j, (sg, (d, mo, pos)) in enumerate(zip(segs, dens)):
@@ -189,3 +194,25 @@ class ALSALS(AdamDirection, _Smoothed):
         # exact_zero is asked only where the (global) s_j is 0, so every rank asks alike
         return Plan(search=search, s=s, moments=moments,
                     exact_zero=lambda j: not self.reducer.any_nonzero(search[j]))
+
+    def _plan_lean(self, segs: list[Segment], moments: list, need_s: bool, line) -> Plan:
+        """memory="lean": the direction ``m_k / (bc1 * denom)`` rebuilt at each use, elementwise
+        as :meth:`_plan` computes it (so bitwise the same); whole in the line's buffer for the
+        decrease terms and the zero test, which come before ``w0`` is saved."""
+        search = []
+        for sg, mo in zip(segs, moments):
+            def fill(i, view, out, tmp, mo=mo):
+                mo.denom_into(i, view, out)
+                out.reciprocal_()
+                mo.m_into(i, view, tmp)
+                out.mul_(tmp)
+                out.div_(mo.bc1[i])
+            search.append(Rebuilt(fill, lambda i, mo=mo: (mo.vs[i], mo.grads[i], mo.ms[i]), two=True))
+        s = None
+        if need_s and line is not None:
+            s = decrease_terms(line, [sg.grads for sg in segs],
+                               [d.materialize(b) for d, b in zip(search, line.scratch)], None,
+                               flat_weights(segs, self.reducer))
+        return Plan(search=search, s=s, moments=moments,
+                    exact_zero=lambda j: not self.reducer.any_nonzero(
+                        search[j].materialize(line.scratch[j])))
