@@ -26,6 +26,9 @@ METHODS = {
     "SALSA-sgd-amortized": lambda p: autostep.SALSA(p, direction="sgd", lr=1.0, max_lr=10.0, amortize=3),
     "ALSALS": lambda p: autostep.ALSALS(p, smooth=0.9),
     "PLASLS": lambda p: autostep.PLASLS(p),
+    # memory="lean": the rebuilt denominator / direction on the local shards
+    "PLASLS-lean": lambda p: autostep.PLASLS(p, memory="lean"),
+    "ALSALS-lean": lambda p: autostep.ALSALS(p, smooth=0.9, memory="lean"),
     "PAL": lambda p: autostep.PAL(p, momentum=0.4),
     "LABPAL-nsgd": lambda p: autostep.LABPAL(p, mode="nsgd", approx_batches=3, reuse_steps=4),
     "LABPAL-sgd": lambda p: autostep.LABPAL(p, mode="sgd", approx_batches=3, reuse_steps=4,
@@ -33,10 +36,11 @@ METHODS = {
 }
 ARMIJO = ["SLS", "AdamSLS", "SALSA", "SALSA-sgd-amortized", "ALSALS", "PLASLS"]
 PARABOLIC = ["PAL", "LABPAL-nsgd", "LABPAL-sgd"]
+LEAN = ["PLASLS-lean", "ALSALS-lean"]  # memory="lean" (compared with the fast mode bitwise below)
 # FSDP1 with flat parameters merges a wrapped module's parameters into one flat tensor, so PLASLS
 # sees one layer where one process sees two: not comparable, left out.
 PLAN = {
-    "fsdp2": ARMIJO + PARABOLIC,
+    "fsdp2": ARMIJO + LEAN + PARABOLIC,
     "fsdp1": [n for n in ARMIJO if n != "PLASLS"] + ["PAL", "LABPAL-nsgd"],
     "fsdp1-orig": ["SLS", "SALSA", "ALSALS", "PLASLS", "PAL"],
 }
@@ -47,7 +51,7 @@ STEPS = 14
 # methods divide loss differences by mu^2 (PAL: mu = 0.1, LABPAL: 0.01), which amplifies that
 # ~1e-7 rounding to ~1e-4 relative in the fitted step (measured up to 3e-4 absolute in the weights
 # after 16 steps); 2e-3 as for DDP in test_distributed.py.
-TOLERANCE = {n: 1e-5 for n in ARMIJO} | {n: 2e-3 for n in PARABOLIC}
+TOLERANCE = {n: 1e-5 for n in ARMIJO + LEAN} | {n: 2e-3 for n in PARABOLIC}
 
 
 def make_model(seed=0):
@@ -188,6 +192,16 @@ def test_two_sharded_ranks_equal_one_process(ranks, one_process, kind, name):
     assert r0["lr"] == pytest.approx(opt.param_groups[0]["lr"], rel=tol)
     for a, b in zip(r0["params"], model.parameters()):
         assert torch.allclose(a, b.detach(), atol=tol, rtol=tol), float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("name", LEAN)
+def test_lean_shards_are_bitwise_the_fast_shards(ranks, name):
+    """memory="lean" on DTensor shards: each rank's parameters equal the default mode's exactly."""
+    for r in ranks:
+        lean, fast = r[("fsdp2", name)], r[("fsdp2", name.removesuffix("-lean"))]
+        assert lean["forwards"] == fast["forwards"] and lean["lr"] == fast["lr"]
+        for a, b in zip(lean["params"], fast["params"]):
+            assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("name", DCP_METHODS)
