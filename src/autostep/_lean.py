@@ -13,8 +13,9 @@ mode; the parameters after any number of steps are bitwise those of the fast mod
 (``tests/test_lean_memory.py``).  :data:`CHUNK` is a multiple of every SIMD width, so even a
 kernel whose vector and scalar-tail paths rounded differently would see the same split.  A tensor
 that is not contiguous (or whose inputs are not) is rebuilt whole, into a temporary of its size.
-Cost: a trial move recomputes the denominator (5 more passes over the parameters; ALSALS 8),
-chunk by chunk from Python.
+Cost: a move recomputes the denominator (4 more elementwise passes than a move along a stored
+one; ALSALS's direction 8 more), chunk by chunk from Python: about 1.3x the fast mode's CPU time
+per step on a 235k-parameter MLP (``benchmarks/memory.py``).
 """
 
 from __future__ import annotations
@@ -124,13 +125,16 @@ def rebuild_move_(params: Sequence[Sequence[torch.Tensor]],
                 + list(d.sources(i))
             for view, numel in _pieces(srcs):
                 pv = view(p)
-                if w is not None:
-                    pv.copy_(view(w))
                 if skip:
+                    if w is not None:
+                        pv.copy_(view(w))
                     continue
                 out, tmp = scratch.get(p, numel, d.two)
                 d.fill(i, view, out, tmp)
+                # from w0: the out= form of the same kernel (w0 + value * ...), one pass fewer
+                # than a copy and the in-place update
+                base = pv if w is None else view(w)
                 if d.num is not None:
-                    pv.addcdiv_(view(d.num[i]), out, value=-xs[i])
+                    torch.addcdiv(base, view(d.num[i]), out, value=-xs[i], out=pv)
                 else:
-                    pv.add_(out, alpha=-xs[i])
+                    torch.add(base, out, alpha=-xs[i], out=pv)

@@ -99,11 +99,12 @@ class AdamMoments:
         out.add_(self.eps)
 
     @torch.no_grad()
-    def m_into(self, i: int, view, out: torch.Tensor) -> None:
-        """Tensor ``i`` of :meth:`m_new` (the piece ``view`` selects) written into ``out``."""
-        out.copy_(view(self.ms[i]))
-        if not self.committed:
-            out.lerp_(view(self.grads[i]), 1.0 - self.b1)
+    def m_into(self, i: int, view, out: torch.Tensor) -> torch.Tensor:
+        """Tensor ``i`` of :meth:`m_new` (the piece ``view`` selects): computed into ``out``, or
+        after :meth:`commit` the state's own ``m_k`` (a view of it); returns the tensor."""
+        if self.committed:
+            return view(self.ms[i])
+        return torch.lerp(view(self.ms[i]), view(self.grads[i]), 1.0 - self.b1, out=out)
 
     @torch.no_grad()
     def m_new(self, out: Sequence[torch.Tensor] | None = None) -> list:

@@ -204,8 +204,7 @@ class ALSALS(AdamDirection, _Smoothed):
             def fill(i, view, out, tmp, mo=mo):
                 mo.denom_into(i, view, out)
                 out.reciprocal_()
-                mo.m_into(i, view, tmp)
-                out.mul_(tmp)
+                out.mul_(mo.m_into(i, view, tmp))
                 out.div_(mo.bc1[i])
             search.append(Rebuilt(fill, lambda i, mo=mo: (mo.vs[i], mo.grads[i], mo.ms[i]), two=True))
         s = None
