@@ -38,19 +38,28 @@ from autostep import _line
 from autostep.optim import _adam
 from autostep.bench.tasks import digits_mlp, fmnist_mlp, load_fashion_mnist
 
+
+def line_search_methods(pkg) -> dict:
+    """The closure methods timed here, built from the autostep package ``pkg`` (this tree's, or the
+    reference tree's loaded by :func:`load_ref`)."""
+    return {
+        "SLS": lambda p: pkg.SLS(p),
+        "AdamSLS": lambda p: pkg.AdamSLS(p),
+        "SALSA": lambda p: pkg.SALSA(p),
+        "ALSALS": lambda p: pkg.ALSALS(p),
+        "PLASLS": lambda p: pkg.PLASLS(p),
+        "SALSA amortize=10": lambda p: pkg.SALSA(p, amortize=10),
+        "ALSALS amortize=10": lambda p: pkg.ALSALS(p, amortize=10),
+        "PAL": lambda p: pkg.PAL(p),
+        "LABPAL sgd": lambda p: pkg.LABPAL(p, mode="sgd"),
+        "LABPAL nsgd": lambda p: pkg.LABPAL(p, mode="nsgd"),
+    }
+
+
 METHODS = {
     "Adam": lambda p: torch.optim.Adam(p, lr=1e-3),
     "SGD": lambda p: torch.optim.SGD(p, lr=0.1),
-    "SLS": lambda p: autostep.SLS(p),
-    "AdamSLS": lambda p: autostep.AdamSLS(p),
-    "SALSA": lambda p: autostep.SALSA(p),
-    "ALSALS": lambda p: autostep.ALSALS(p),
-    "PLASLS": lambda p: autostep.PLASLS(p),
-    "SALSA amortize=10": lambda p: autostep.SALSA(p, amortize=10),
-    "ALSALS amortize=10": lambda p: autostep.ALSALS(p, amortize=10),
-    "PAL": lambda p: autostep.PAL(p),
-    "LABPAL sgd": lambda p: autostep.LABPAL(p, mode="sgd"),
-    "LABPAL nsgd": lambda p: autostep.LABPAL(p, mode="nsgd"),
+    **line_search_methods(autostep),
 }
 try:  # the published SaLSa (pip install salsa-optimizer), for issue 13's "1.5x faster than it"
     from salsa.SaLSA import SaLSA as _PublishedSaLSA
@@ -148,18 +157,7 @@ def load_ref(src: str):
 
 def ref_methods(ref) -> dict:
     """The closure methods of METHODS built from the reference package."""
-    return {
-        "SLS (ref)": lambda p: ref.SLS(p),
-        "AdamSLS (ref)": lambda p: ref.AdamSLS(p),
-        "SALSA (ref)": lambda p: ref.SALSA(p),
-        "ALSALS (ref)": lambda p: ref.ALSALS(p),
-        "PLASLS (ref)": lambda p: ref.PLASLS(p),
-        "SALSA amortize=10 (ref)": lambda p: ref.SALSA(p, amortize=10),
-        "ALSALS amortize=10 (ref)": lambda p: ref.ALSALS(p, amortize=10),
-        "PAL (ref)": lambda p: ref.PAL(p),
-        "LABPAL sgd (ref)": lambda p: ref.LABPAL(p, mode="sgd"),
-        "LABPAL nsgd (ref)": lambda p: ref.LABPAL(p, mode="nsgd"),
-    }
+    return {f"{name} (ref)": build for name, build in line_search_methods(ref).items()}
 
 
 def state_numel(opt) -> int:
