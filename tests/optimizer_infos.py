@@ -257,3 +257,13 @@ def info(name: str) -> OptimizerInfo:
         if i.name == name:
             return i
     raise KeyError(name)
+
+
+def without_keys(obj, keys):
+    """``obj`` with every dict entry named in ``keys`` removed, at any depth: a state dict of one of
+    the table's optimizers compared with another while leaving out counters that may differ."""
+    if isinstance(obj, dict):
+        return {k: without_keys(v, keys) for k, v in obj.items() if k not in keys}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(without_keys(v, keys) for v in obj)
+    return obj

@@ -13,7 +13,7 @@ from torch import nn
 import autostep
 from autostep import registry
 from autostep._closure import needs_closure
-from optimizer_infos import CASES, CONFORMANCE, INFOS, names
+from optimizer_infos import CASES, CONFORMANCE, INFOS, names, without_keys
 
 NAMES = names(CONFORMANCE)
 
@@ -244,15 +244,6 @@ def test_batchnorm_buffers_only_updated_by_the_first_evaluation(name):
         assert int(bn.num_batches_tracked) == int(bn_ref.num_batches_tracked)
 
 
-def _without(obj, keys):
-    """``obj`` with every dict entry named in ``keys`` removed, at any depth."""
-    if isinstance(obj, dict):
-        return {k: _without(v, keys) for k, v in obj.items() if k not in keys}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_without(v, keys) for v in obj)
-    return obj
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_nan_start_loss_changes_nothing(name):
     data = make_data()
@@ -272,8 +263,8 @@ def test_nan_start_loss_changes_nothing(name):
     # only the skip and the forward spent are counted; everything else is as before
     assert (opt.skipped_steps, opt.nonfinite_steps, opt.forwards) == (skipped + 1, 1, forwards + 1)
     counters = ("skipped", "nonfinite", "forwards", "backwards")  # passes spent are counted
-    assert pickle_bytes(_without(opt.state_dict(), counters)) == pickle_bytes(
-        _without(torch.load(io.BytesIO(opt_before), weights_only=False), counters))
+    assert pickle_bytes(without_keys(opt.state_dict(), counters)) == pickle_bytes(
+        without_keys(torch.load(io.BytesIO(opt_before), weights_only=False), counters))
     assert torch.equal(torch.get_rng_state(), rng)
 
 

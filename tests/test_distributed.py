@@ -81,9 +81,7 @@ def _worker(rank, world, init_file, out_dir):
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("ddp")
-    two_ranks.spawn(_worker, args=(2, str(tmp / "init"), str(tmp)))
-    return [torch.load(tmp / f"rank{r}.pt") for r in range(2)]
+    return two_ranks.run(_worker, tmp_path_factory.mktemp("ddp"))
 
 
 @pytest.mark.parametrize("name", list(METHODS))

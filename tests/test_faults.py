@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import autostep
-from optimizer_infos import CASES, FAULTS, names
+from optimizer_infos import CASES, FAULTS, names, without_keys
 
 # every optimizer, and the variants whose state or step differ: the table's FAULTS inputs
 NAMES = names(FAULTS)
@@ -163,14 +163,6 @@ def assert_same_run(ref, model, opt):
     for k, v in model.state_dict().items():
         assert torch.equal(buffers[k], v), k
     assert opt_bytes == sd_bytes(opt.state_dict())
-
-
-def _without(obj, keys):
-    if isinstance(obj, dict):
-        return {k: _without(v, keys) for k, v in obj.items() if k not in keys}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_without(v, keys) for v in obj)
-    return obj
 
 
 # =============================================================================================
@@ -375,8 +367,8 @@ def test_nonfinite_step_is_skipped_and_changes_nothing(name, kind, value, where,
     for a, p in zip(before["params"], model.parameters()):
         assert torch.equal(a, p)
     counters = ("skipped", "nonfinite", "forwards", "backwards")
-    assert _without(torch.load(io.BytesIO(before["opt"]), weights_only=False), counters).__repr__() \
-        == _without(opt.state_dict(), counters).__repr__()
+    assert without_keys(torch.load(io.BytesIO(before["opt"]), weights_only=False), counters).__repr__() \
+        == without_keys(opt.state_dict(), counters).__repr__()
     # the rest of the run is the run that never saw the bad batch (generators put back as they
     # were after the skipped call's forward: re-seed both identically)
     seed_cpu(7)
