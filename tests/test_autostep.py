@@ -124,6 +124,21 @@ def test_non_finite_gradient_skips_and_changes_nothing():
         assert {k: v for k, v in g0.items() if k != "skipped"} == {k: v for k, v in g1.items() if k != "skipped"}
 
 
+def test_huge_finite_gradient_is_not_mistaken_for_a_non_finite_one():
+    """Finite float32 gradients whose squares overflow (|g| ~ 1e20) are a step, not a skip: the
+    fast 2-norm test is confirmed by the exact one before a step is skipped."""
+    model, batches, _ = _problem()
+    opt = _make(model, batches)
+    _train(model, opt, batches, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    _loss(model, batches[0]).backward()
+    next(model.parameters()).grad[0, 0] = 1e20
+    opt.step()
+    assert opt.skipped_steps == 0
+    assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
 @pytest.mark.parametrize("cut", [3, 20])  # mid-ramp and after the ramp
 def test_state_dict_resumes_bit_for_bit(cut):
     model, batches, _ = _problem()

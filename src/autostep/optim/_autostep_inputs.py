@@ -15,6 +15,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .. import _validate as V
+
 __all__ = ["SHAPES", "take_batches", "probe_loss", "first_rate", "grads_finite", "check_multipliers", "run_state"]
 
 SHAPES = ("linear", "cosine")
@@ -90,16 +92,21 @@ def first_rate(params: list, eps: float, measure: Callable[[], float]) -> tuple[
 def grads_finite(params: list, reducer) -> bool:
     """Whether every gradient is finite on every rank (refuses sparse gradients).
 
-    One fused norm and one host read: inf/nan anywhere makes the sum non-finite.
+    The shared fast test (:func:`autostep._validate.finite_hint`, one fused 2-norm and one host
+    read) proves finiteness; only when it is not finite (an inf/NaN, or squares of huge finite
+    values overflowing) is the exact :func:`~autostep._validate.tensor_list_finite` consulted.
     """
     for p in params:
         if p.grad.is_sparse:
             raise RuntimeError("Autostep does not support sparse gradients")
-    total = float(torch.stack(torch._foreach_norm([p.grad for p in params])).sum())
-    ok = math.isfinite(total)
-    if reducer.active:
-        ok = reducer.mean([float(ok)])[0] == 1.0
-    return ok
+    grads = [p.grad for p in params]
+    for check in (V.finite_hint, V.tensor_list_finite):
+        ok = math.isfinite(float(check(grads)))
+        if reducer.active:
+            ok = reducer.mean([float(ok)])[0] == 1.0
+        if ok:
+            return True
+    return False
 
 
 def check_multipliers(groups: list) -> None:
