@@ -257,6 +257,8 @@ def test_closure_mode_without_closure_says_how():
     (dict(ramp_steps=1), "ramp_steps"),
     (dict(ramp_growth=1.0), "ramp_growth"),
     (dict(probe_batches=0), "probe_batches"),
+    (dict(guard_every=-1), "guard_every"),
+    (dict(betas="ab"), "betas"),
 ])
 def test_bad_arguments_name_the_value(kw, match):
     model, batches, _ = _problem()

@@ -27,8 +27,7 @@ PROBE_SEED = 12345
 
 def take_batches(probe_data, n: int) -> list:
     """The first ``n`` batches of a list, tuple, DataLoader or any re-iterable (kept fixed)."""
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"Autostep: probe_batches must be an int >= 1; got {n!r}")
+    V.positive_int("Autostep: probe_batches", n)
     if isinstance(probe_data, (list, tuple)):
         batches = list(probe_data[:n])
     else:
@@ -118,42 +117,43 @@ def check_multipliers(groups: list) -> None:
                              "not a finite number >= 0")
 
 
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(f"Autostep: {message}")
+def _fraction(name: str, value) -> float:
+    """0 < value <= 1."""
+    v = V.finite(name, value)
+    if not 0.0 < v <= 1.0:
+        raise ValueError(f"{name} must lie in (0, 1], got {value!r}")
+    return v
 
 
 def run_state(*, lr, total_steps: Optional[int], probe: str, betas, eps, weight_decay, decay: str,
               ramp_steps: Optional[int], peak_fraction: float, ramp_growth: Optional[float],
               guard_every: Optional[int], rise: Optional[float], patience_factor: float,
               ramp_decades: float, ramp_start: float) -> dict:
-    """Check Autostep's options (each error names the value and what to pass) and return the run-level
-    numbers kept in every param group."""
-    _check(isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0,
-           f"lr is a multiplier on the found step size and must be a finite number > 0 (1.0 uses the "
-           f"rate as found); got {lr!r}")
-    _check(total_steps is None or (isinstance(total_steps, int) and total_steps >= 1),
-           f"total_steps must be a positive int (the number of step() calls in the run) or None for "
-           f"Schedule-Free averaging; got {total_steps!r}")
-    b1, b2 = betas
-    _check(0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0, f"betas must lie in [0, 1); got {betas!r}")
-    _check(eps > 0 and math.isfinite(eps), f"eps must be > 0; got {eps!r}")
-    _check(weight_decay >= 0 and math.isfinite(weight_decay), f"weight_decay must be >= 0; got {weight_decay!r}")
-    _check(decay in SHAPES, f"decay must be one of {SHAPES}; got {decay!r}")
-    _check(0 < peak_fraction <= 1, f"peak_fraction must lie in (0, 1]; got {peak_fraction!r}")
-    _check(probe in ("auto", "closure"),
-           f"probe must be 'auto' (model/loss_fn/probe_data) or 'closure'; got {probe!r}")
-    _check(0 < ramp_start <= 1, f"ramp_start must lie in (0, 1]; got {ramp_start!r}")
+    """Check Autostep's options with the shared validators of :mod:`autostep._validate` (each error
+    names the value and what to pass) and return the run-level numbers kept in every param group."""
+    V.positive("Autostep: lr", lr, " (lr is a multiplier on the found step size; 1.0 uses the rate as found)")
+    if total_steps is not None:
+        V.positive_int("Autostep: total_steps", total_steps,
+                       hint=" (the number of step() calls in the run; None for Schedule-Free averaging)")
+    V.betas("Autostep: betas", betas)
+    V.positive("Autostep: eps", eps)
+    V.nonnegative("Autostep: weight_decay", weight_decay)
+    V.choice("Autostep: decay", decay, SHAPES)
+    _fraction("Autostep: peak_fraction", peak_fraction)
+    V.choice("Autostep: probe", probe, ("auto", "closure"))
+    _fraction("Autostep: ramp_start", ramp_start)
     if ramp_steps is None:
         ramp_steps = max(10, total_steps // 10) if total_steps else 100
-    _check(isinstance(ramp_steps, int) and ramp_steps >= 2, f"ramp_steps must be an int >= 2; got {ramp_steps!r}")
+    V.positive_int("Autostep: ramp_steps", ramp_steps, minimum=2)
     if ramp_growth is None:  # `ramp_decades` decades over the longest ramp
-        ramp_growth = 10.0 ** (ramp_decades / ramp_steps)
-    _check(ramp_growth > 1, f"ramp_growth must be > 1; got {ramp_growth!r}")
+        ramp_growth = 10.0 ** (V.positive("Autostep: ramp_decades", ramp_decades) / ramp_steps)
+    V.greater_than("Autostep: ramp_growth", ramp_growth, 1.0)
     if rise is None:  # a fixed probe is noise-free; a closure's mini-batch losses are not
         rise = 0.1 if probe == "auto" else 0.25
-    _check(isinstance(rise, (int, float)) and rise > 0, f"rise must be a number > 0; got {rise!r}")
-    _check(patience_factor > 1, f"patience_factor must be > 1; got {patience_factor!r}")
+    V.positive("Autostep: rise", rise)
+    V.greater_than("Autostep: patience_factor", patience_factor, 1.0)
+    if guard_every is not None:
+        V.positive_int("Autostep: guard_every", guard_every, minimum=0, hint=" (0 turns the guard off)")
     if guard_every is None:
         guard_every = max(10, (total_steps or 1000) // 20)
     return dict(total_steps=total_steps, decay=decay, ramp_steps=ramp_steps, ramp_growth=ramp_growth,
