@@ -24,6 +24,8 @@ METHODS = {
     "AdamSLS": lambda p: autostep.AdamSLS(p),
     "SALSA": lambda p: autostep.SALSA(p),
     "SALSA-sgd-amortized": lambda p: autostep.SALSA(p, direction="sgd", lr=1.0, max_lr=10.0, amortize=3),
+    # reused steps of the Adam direction run torch's fused Adam kernel on the local shards
+    "SALSA-amortized": lambda p: autostep.SALSA(p, amortize=3),
     "ALSALS": lambda p: autostep.ALSALS(p, smooth=0.9),
     "PLASLS": lambda p: autostep.PLASLS(p),
     # memory="lean": the rebuilt denominator / direction on the local shards
@@ -34,7 +36,7 @@ METHODS = {
     "LABPAL-sgd": lambda p: autostep.LABPAL(p, mode="sgd", approx_batches=3, reuse_steps=4,
                                             total_steps=14, momentum=0.5),
 }
-ARMIJO = ["SLS", "AdamSLS", "SALSA", "SALSA-sgd-amortized", "ALSALS", "PLASLS"]
+ARMIJO = ["SLS", "AdamSLS", "SALSA", "SALSA-sgd-amortized", "SALSA-amortized", "ALSALS", "PLASLS"]
 PARABOLIC = ["PAL", "LABPAL-nsgd", "LABPAL-sgd"]
 LEAN = ["PLASLS-lean", "ALSALS-lean"]  # memory="lean" (compared with the fast mode bitwise below)
 # FSDP1 with flat parameters merges a wrapped module's parameters into one flat tensor, so PLASLS
@@ -143,6 +145,7 @@ def _worker(rank, world, init_file, out_dir):
                         "params": full_params(kind, model, wrapped),
                         "forwards": opt.forwards,
                         "lr": opt.param_groups[0]["lr"],
+                        "reused": reused_steps(opt),
                     }
                 except Exception as exc:  # reported by the test of this pair
                     result[(kind, name)] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -155,6 +158,12 @@ def _worker(rank, world, init_file, out_dir):
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+def reused_steps(opt) -> int:
+    """Steps of an amortised optimizer that reused the step size (taken, not searched)."""
+    ls = opt.param_groups[0].get("autostep", {})
+    return ls.get("step", 0) - ls.get("searches", 0) - ls.get("skipped", 0)
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +200,14 @@ def test_two_sharded_ranks_equal_one_process(ranks, one_process, kind, name):
     assert r0["lr"] == pytest.approx(opt.param_groups[0]["lr"], rel=tol)
     for a, b in zip(r0["params"], model.parameters()):
         assert torch.allclose(a, b.detach(), atol=tol, rtol=tol), float((a - b).abs().max())
+
+
+@pytest.mark.parametrize("kind", ["fsdp2", "fsdp1"])
+def test_amortised_cases_reuse_steps_on_shards(ranks, one_process, kind):
+    """The amortised cases above do take reused steps (SALSA-amortized: torch's fused Adam kernel
+    on the local shards), as many as the one process."""
+    for name in ["SALSA-amortized", "SALSA-sgd-amortized"]:
+        assert ranks[0][(kind, name)]["reused"] == reused_steps(one_process[name][1]) > 0
 
 
 @pytest.mark.parametrize("name", LEAN)

@@ -7,6 +7,7 @@
 * the fused multi-segment moves give bitwise the points per-segment moves give.
 """
 
+import collections
 import contextlib
 import math
 
@@ -401,3 +402,75 @@ def test_clipping_with_overflowing_squares_uses_the_exact_norm(monkeypatch, name
     assert 0.0 < device[1][0] < 1e-20 and device[1] == host[1]
     assert all(torch.equal(a, b) for a, b in zip(device[0], host[0]))
     assert device[2].nonfinite_steps == 0
+
+
+def _reused_run(name, steps=30, weight_decay=0.0, max_grad_norm=None):
+    """Parameters, moments and step counts after ``steps`` steps of an amortised optimizer
+    (``amortize=5``, so most steps after the first searches are reused), and how many were reused."""
+    model, x, y = _problem()
+    cls = {"SALSA": autostep.SALSA, "ALSALS": autostep.ALSALS}[name]
+    opt = cls([{"params": model[0].parameters()}, {"params": model[2].parameters(), "eps": 1e-6}],
+              amortize=5, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+    reused = 0
+    for k in range(steps):
+        xb, yb = x[(k % 4) * 16:(k % 4 + 1) * 16], y[(k % 4) * 16:(k % 4 + 1) * 16]
+        opt.step(lambda: nn.functional.cross_entropy(model(xb), yb))
+        reused += bool(opt.last_step.get("reused"))
+    st = [opt.state[p] for p in model.parameters()]
+    return ([p.detach().clone() for p in model.parameters()],
+            [(s["exp_avg"].clone(), s["exp_avg_sq"].clone(), s["step"]) for s in st], reused)
+
+
+@pytest.mark.parametrize("name", ["SALSA", "ALSALS"])
+@pytest.mark.parametrize("extra", [{}, {"weight_decay": 0.1, "max_grad_norm": 0.05}],
+                         ids=["plain", "decay-clip"])
+def test_reused_steps_in_the_fused_kernel_equal_the_foreach_path(monkeypatch, name, extra):
+    """A reused step runs torch's fused Adam kernel (one pass; issue 13).  Against the foreach path
+    it replaces (the kernel switched off): the same moments and step counts bitwise, parameters to
+    float32 rounding, over 30 steps with two param groups, weight decay and active clipping."""
+    from autostep.optim import _adam
+
+    calls = {"n": 0}
+    real = torch._fused_adam_
+
+    def counting(*a, **k):
+        calls["n"] += 1
+        return real(*a, **k)
+
+    monkeypatch.setattr(torch, "_fused_adam_", counting)
+    fused_p, fused_m, reused = _reused_run(name, **extra)
+    assert reused >= 10 and calls["n"] >= reused  # one kernel call per group and reused step
+    monkeypatch.setattr(_adam, "_FUSED_DEVICES", ())
+    n_before = calls["n"]
+    plain_p, plain_m, reused2 = _reused_run(name, **extra)
+    assert calls["n"] == n_before and reused2 == reused
+    for a, b in zip(fused_p, plain_p):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for (m1, v1, k1), (m2, v2, k2) in zip(fused_m, plain_m):
+        assert k1 == k2
+        torch.testing.assert_close(m1, m2, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(v1, v2, rtol=1e-5, atol=1e-9)
+
+
+def test_fused_adam_update_is_adams_update_and_refuses_what_it_cannot_take():
+    """``fused_adam_update`` against the formula (float64), and ``fusable`` against inputs the
+    kernel does not take (a dtype it lacks, a gradient of another dtype, a sparse gradient)."""
+    from autostep.optim._adam import fusable, fused_adam_update
+
+    torch.manual_seed(0)
+    p = torch.randn(5, 3, dtype=torch.float64)
+    p0 = p.clone()
+    state: dict = collections.defaultdict(dict)  # as Optimizer.state
+    for k in range(1, 4):
+        g = torch.randn(5, 3, dtype=torch.float64)
+        m = 0.9 * state[p]["exp_avg"] + 0.1 * g if state else 0.1 * g
+        v = 0.999 * state[p]["exp_avg_sq"] + 0.001 * g * g if state else 0.001 * g * g
+        expect = p0 - 0.01 * (m / (1 - 0.9 ** k)) / ((v / (1 - 0.999 ** k)).sqrt() + 1e-8)
+        fused_adam_update(state, [p], [g], (0.9, 0.999), 1e-8, 0.01)
+        torch.testing.assert_close(p, expect, rtol=1e-12, atol=1e-14)
+        assert state[p]["step"] == k
+        p0 = p.clone()
+    assert fusable([torch.zeros(2)], [torch.zeros(2)])
+    assert not fusable([torch.zeros(2, dtype=torch.int32)], [torch.zeros(2, dtype=torch.int32)])
+    assert not fusable([torch.zeros(2)], [torch.zeros(2, dtype=torch.float64)])
+    assert not fusable([torch.zeros(2)], [torch.zeros(2).to_sparse()])

@@ -7,9 +7,24 @@ from typing import Sequence
 
 import torch
 
-from ..distributed import locals_
+from ..distributed import local, locals_
 
-__all__ = ["AdamMoments", "adam_moments", "init_adam_state", "scalar_or_list"]
+__all__ = ["AdamMoments", "adam_moments", "fusable", "fused_adam_update", "init_adam_state", "scalar_or_list"]
+
+#: dtypes torch's fused Adam kernel takes
+_FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _fused_devices() -> tuple:
+    """Device types with a fused Adam kernel in this torch (CPU from torch 2.4 on)."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # pragma: no cover - older torch
+        return ()
+    return tuple(_get_fused_kernels_supported_devices()) if hasattr(torch, "_fused_adam_") else ()
+
+
+_FUSED_DEVICES = _fused_devices()
 
 
 def init_adam_state(st: dict, p: torch.Tensor) -> None:
@@ -168,3 +183,52 @@ def adam_moments(state, params: Sequence[torch.Tensor], grads: Sequence[torch.Te
     torch._foreach_div_(denom, bc2s)
     torch._foreach_add_(denom, eps)
     return ms, vs, list(denom), bc1
+
+
+def fusable(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> bool:
+    """Whether :func:`fused_adam_update` applies: torch has a fused Adam kernel for the device
+    (CPU from torch 2.4 on, CUDA, ...), and every parameter is dense, of a float dtype it takes,
+    with a gradient of the same dtype and device."""
+    if not _FUSED_DEVICES:
+        return False
+    for p, g in zip(locals_(params), locals_(grads)):
+        if (p.device.type not in _FUSED_DEVICES or p.dtype not in _FUSED_DTYPES or p.is_sparse
+                or g.is_sparse or g.dtype != p.dtype or g.device != p.device):
+            return False
+    return True
+
+
+@torch.no_grad()
+def fused_adam_update(state, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
+                      betas: tuple[float, float], eps: float, lr: float) -> None:
+    """One Adam update ``p <- p - lr * m_hat / (sqrt(v_hat) + eps)`` of ``params`` with its moment
+    updates and step counts, in torch's fused kernel: one pass over parameters, gradients and
+    moments.  Only where :func:`fusable` holds.
+
+    The moments are bitwise :class:`AdamMoments`'; the parameters can differ from the foreach path
+    (``commit`` + ``addcdiv``) in the last bit, as the kernel rounds in its own order.  Used by the
+    amortised mode's reused steps, where no search follows and nothing can fail any more (issue 13:
+    a reused step at Adam's cost).
+    """
+    params, grads = list(params), list(grads)
+    if not params:
+        return
+    b1, b2 = betas
+    by_key: dict = {}
+    steps: dict = {}
+    for p, g in zip(params, locals_(grads)):
+        st = state[p]
+        init_adam_state(st, p)
+        lp = local(p)
+        k = st["step"] + 1
+        if (lp.device, k) not in steps:
+            steps[(lp.device, k)] = torch.full((), float(k), dtype=torch.float32, device=lp.device)
+        lists = by_key.setdefault((lp.device, lp.dtype), ([], [], [], [], []))
+        for lst, t in zip(lists, (lp, g, local(st["exp_avg"]), local(st["exp_avg_sq"]),
+                                   steps[(lp.device, k)])):
+            lst.append(t)
+    for ps, gs, ms, vs, ks in by_key.values():
+        torch._fused_adam_(ps, gs, ms, vs, [], ks, lr=lr, beta1=b1, beta2=b2, weight_decay=0.0,
+                           eps=eps, amsgrad=False, maximize=False)
+    for p in params:
+        state[p]["step"] += 1

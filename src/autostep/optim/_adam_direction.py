@@ -9,7 +9,7 @@ from typing import Optional
 import torch
 
 from .. import _validate as V
-from ._adam import AdamMoments, init_adam_state
+from ._adam import AdamMoments, fusable, fused_adam_update, init_adam_state
 from ._armijo import ArmijoOptimizer
 from .._lean import Rebuilt
 from ._armijo_plan import Plan, Segment, decrease_terms, flat_weights
@@ -66,6 +66,19 @@ class AdamDirection:
                 pos += n
             moments.append(mo)
         return moments, dens
+
+    def _reuse_update(self, segs: list[Segment], applied: list[float]) -> None:
+        """A reused step is Adam's update with the settled step size: one pass of torch's fused
+        kernel per segment (moments and parameters together) where it applies to every segment,
+        else the foreach plan.  Named numerical change (issue 13): the parameters can differ from
+        the foreach path's in the last bit; the moments are the same."""
+        if (self.param_groups[0].get("direction", "adam") == "adam"
+                and all(fusable(sg.params, sg.grads) for sg in segs)):
+            for sg, eta in zip(segs, applied):
+                g = sg.group
+                fused_adam_update(self.state, sg.params, sg.grads, tuple(g["betas"]), g["eps"], eta)
+            return
+        super()._reuse_update(segs, applied)
 
     def _plan_precond(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
         """Search along g / denom (Adam with beta1 = 0), update along m_hat / denom."""

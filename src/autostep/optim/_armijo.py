@@ -132,6 +132,18 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
         """Largest number of steps between searches, 0/1 to search every step."""
         return 0
 
+    def _reuse_update(self, segs: list[Segment], applied: list[float]) -> None:
+        """A reused step (amortised mode; nothing can fail any more): the plan made from moments
+        committed first (fewer passes than a searched step's), applied with the step sizes
+        ``applied``.  The Adam direction overrides it with one fused kernel."""
+        self._commit_now = True
+        try:
+            plan = self._plan(segs, need_s=False, line=None)
+        finally:
+            self._commit_now = False
+        plan.commit()
+        self._apply_final(plan, segs, applied, line=None)
+
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None,
@@ -225,13 +237,7 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
             if not all(math.isfinite(si) for si in s) and not self._grads_finite(ev):
                 # an inf/NaN gradient (GradScaler overflow): skip before any state changes
                 return self._skip(ev, "gradient", loss, undo)
-            if plan is None:
-                self._commit_now = True
-                try:
-                    plan = self._plan(segs, need_s=False, line=None)
-                finally:
-                    self._commit_now = False
-            if plan.s is None:
+            if plan is None or plan.s is None:
                 s = []
             ls["step"] += 1
             self._sync_external_lr()
@@ -245,10 +251,9 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
                 plan.commit()
             elif reuse:
                 # amortised mode: reuse the settled step size (under the cap), no trial forward
-                plan.commit()
                 applied = [sg.eta * q for sg, q in zip(segs, self._cap_scales(segs, [sg.eta for sg in segs]))]
                 self._decay([(sg.params, sg.group["weight_decay"], e) for sg, e in zip(segs, applied)])
-                self._apply_final(plan, segs, applied, line=None)
+                self._reuse_update(segs, applied)
                 self._publish_lr(segs, applied)
                 ls["since_search"] = since
                 info.update(accepted=True, reused=True)
