@@ -58,6 +58,8 @@ def line_search_methods(pkg) -> dict:
 
 METHODS = {
     "Adam": lambda p: torch.optim.Adam(p, lr=1e-3),
+    # torch's one-pass kernel (not the default on CPU): the cheapest Adam a user can pick
+    "Adam-fused": lambda p: torch.optim.Adam(p, lr=1e-3, fused=True),
     "SGD": lambda p: torch.optim.SGD(p, lr=0.1),
     **line_search_methods(autostep),
 }
@@ -198,6 +200,8 @@ def run_model(problem_factory, names, steps, block, extra_methods, packages=None
             _train_block(*setups[name], 0, min(block, steps))
         except nonfinite:
             diverged[name] = 0
+        if _went_nonfinite(setups[name][2]):
+            diverged[name] = 0
     pos = min(block, steps)
     while pos + block <= steps:
         for name in timed:
@@ -208,6 +212,12 @@ def run_model(problem_factory, names, steps, block, extra_methods, packages=None
             try:
                 _train_block(*setups[name], pos, pos + block)
             except nonfinite:  # timing stops; the blocks it finished still count
+                diverged[name] = pos
+                cpu[name].append(math.nan)
+                continue
+            if _went_nonfinite(setups[name][2]):
+                # autostep's optimizers skip a step whose loss is not finite (and warn) instead of
+                # raising: a diverged run would go on timing cheap skipped steps
                 diverged[name] = pos
                 cpu[name].append(math.nan)
                 continue
@@ -245,6 +255,12 @@ def run_model(problem_factory, names, steps, block, extra_methods, packages=None
             "peak": (state_numel(opt) + peaks[name]) / n_params,
         })
     return rows, n_params, floor
+
+
+def _went_nonfinite(opt) -> bool:
+    """Whether ``opt`` skipped a step for a NaN/inf loss or gradient (autostep's optimizers count
+    them in ``nonfinite_steps``; the timing of such a run after that point is not a step's)."""
+    return bool(getattr(opt, "nonfinite_steps", 0))
 
 
 def opt_steps(opt, default: int) -> int:

@@ -219,6 +219,9 @@ INFOS = (
                            suites=frozenset({FAULTS})),
             OptimizerInput("nsgd-momentum", {"mode": "nsgd", "approx_batches": 2, "reuse_steps": 3,
                                              "momentum": 0.5}, suites=frozenset({FAULTS})),
+            # plain NSGD: the update's norm is read with the start loss (and is the finiteness hint)
+            OptimizerInput("nsgd-short", {"mode": "nsgd", "approx_batches": 2, "reuse_steps": 3},
+                           suites=frozenset({FAULTS})),
             OptimizerInput("k2", {"mode": "sgd", "approx_batches": 2, "reuse_steps": 3,
                                   "noise_factor": 2.0}, suites=frozenset({FAULTS})),
         ),

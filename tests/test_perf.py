@@ -334,6 +334,44 @@ def test_labpal_update_reads_the_host_once():
     assert updates >= 10
 
 
+def test_plain_nsgd_update_reads_its_norm_with_the_loss(monkeypatch):
+    """LABPAL NSGD along the raw gradient: the update's ||g||^2 comes back with the start loss and
+    serves as the finiteness hint (one norm pass, one host read per update; were two each), and
+    the update is the same as with the norm computed on its own (momentum 0.0 vs 1e-300 takes the
+    other path: the buffered direction, equal to the gradient in value)."""
+    calls = {"norm": 0}
+    real = torch._foreach_norm
+
+    def counting(*a, **k):
+        calls["norm"] += 1
+        return real(*a, **k)
+
+    runs = {}
+    for momentum in (0.0, 1e-300):
+        model, x, y = _problem()
+        opt = autostep.LABPAL(model.parameters(), mode="nsgd", approx_batches=2, reuse_steps=50,
+                              momentum=momentum)
+        reads = HostReads()
+        updates = 0
+        for k in range(12):
+            xb, yb = x[(k % 4) * 16:(k % 4 + 1) * 16], y[(k % 4) * 16:(k % 4 + 1) * 16]
+            phase = opt.phase
+            before, norms = reads.count, calls["norm"]
+            monkeypatch.setattr(torch, "_foreach_norm", counting)
+            with reads.patched():
+                opt.step(lambda: nn.functional.cross_entropy(model(xb), yb))
+            monkeypatch.setattr(torch, "_foreach_norm", real)
+            if phase == "train" and momentum == 0.0:
+                updates += 1
+                assert reads.count - before == 1, reads.where[before:]
+                assert calls["norm"] - norms == 1
+        runs[momentum] = [p.detach().clone() for p in model.parameters()]
+        if momentum == 0.0:
+            assert updates >= 8
+    for a, b in zip(runs[0.0], runs[1e-300]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", ["SLS", "SALSA", "ALSALS", "PLASLS", "SALSA-amortized"])
 def test_clipping_reads_no_more_and_equals_the_host_coefficient(monkeypatch, name):
     """max_grad_norm: the coefficient stays on the device and comes back with the one read before

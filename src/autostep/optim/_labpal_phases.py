@@ -145,7 +145,11 @@ class Phases:
             lr = ls["est_lr"]
             length = math.nan  # ||d_t|| is not computed in SGD mode (it costs a reduction)
         else:
-            norm = self._norm(members, dirs)
+            known, self._known_sq = getattr(self, "_known_sq", None), None
+            if known is not None and 0.0 < known < math.inf:
+                norm = math.sqrt(known)  # read with the start loss (LABPAL._plain_nsgd_update)
+            else:  # (float32 squares that under- or overflowed: recomputed in float64 here)
+                norm = self._norm(members, dirs)
             lr = ls["est_step"] / norm if norm > 0 and math.isfinite(norm) else 0.0
             length = ls["est_step"] if lr > 0 else 0.0
         if lr > 0:

@@ -18,6 +18,7 @@ from ._docs import PARABOLIC_DOC
 from ._labpal_direction import DirectionWindows
 from ._labpal_phases import Phases
 from ._parabolic_base import ParabolicOptimizer
+from ._reductions import sq_norms
 from ._state import ls_property
 
 __all__ = ["LABPAL"]
@@ -222,6 +223,19 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
         evaluation, and its record skips that copy (issue 13)."""
         return self._ls["phase"] == "approx"
 
+    def _plain_nsgd_update(self, start: bool, k: int):
+        """The parameters (with a gradient, per group) when this training call is an NSGD update
+        along the raw gradient: one batch per update, no momentum, no clipping; else ``None``.
+        Its ``||d||^2`` is then read with the start loss (one norm and one host read fewer)."""
+        g0 = self.param_groups[0]
+        if (g0["mode"] != "nsgd" or not start or k != 1 or self._ls["pos"] != 0
+                or any(g["momentum"] > 0 or g["max_grad_norm"] is not None for g in self.param_groups)):
+            return None
+        members = self._with_grad()
+        if any(p.grad.is_sparse for ps in members for p in ps):
+            return None
+        return members
+
     # ------------------------------------------------------------------ the step
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], torch.Tensor]] = None) -> torch.Tensor:
@@ -237,6 +251,7 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
             return None
         undo = self._begin_step()
         self._warn_external_writes()
+        self._known_sq = None  # ||d||^2 read with the start loss (plain NSGD updates)
         ls = self._ls
         ev = self._evaluator(closure)
         swapped = None
@@ -252,9 +267,17 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
                     # an update evaluates nothing more: the start loss and the gradients'
                     # finiteness hint in one host read, and no snapshot for trials
                     loss = ev.first(read=False)
-                    hint = V.finite_hint([p.grad for p in ev.params
-                                          if p.grad is not None and not p.grad.is_sparse])
-                    finite = math.isfinite(ev.read_start(hint.reshape(1), trials=False)[0])
+                    plain = self._plain_nsgd_update(start, k)
+                    if plain is not None:
+                        # the update's ||d||^2 (d = the gradient) doubles as the finiteness hint
+                        hint = sq_norms([p.grad for ps in plain for p in ps],
+                                        self.reducer.weights([p for ps in plain for p in ps]))
+                    else:
+                        hint = V.finite_hint([p.grad for p in ev.params
+                                              if p.grad is not None and not p.grad.is_sparse])
+                    read = ev.read_start(hint.reshape(1), trials=False)[0]
+                    finite = math.isfinite(read)
+                    self._known_sq = read if plain is not None else None
                 else:
                     loss = ev.first()
             except NonFiniteLossError:
