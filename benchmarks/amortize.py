@@ -67,6 +67,11 @@ def main(argv=None):
             med = lambda k: statistics.median(r[k] for r in rs)  # noqa: E731
             print(f"| {pair} | {'10' if am else 'off'} | {med('train'):.4f} | {med('test_acc'):.4f} | "
                   f"{med('fwd'):.2f} | {med('cpu'):.1f} | {ratio:.3f} |")
+    print("\nper seed, train loss amortised / plain:")
+    for pair in PAIRS:
+        plain = {r["seed"]: r for r in res if r["pair"] == pair and not r["amortized"]}
+        rs = sorted((r for r in res if r["pair"] == pair and r["amortized"]), key=lambda r: r["seed"])
+        print(f"  {pair}: " + ", ".join(f"{r['train'] / plain[r['seed']]['train']:.3f}" for r in rs))
     return 0
 
 
