@@ -11,7 +11,8 @@ Rows
     backward           ``loss.backward()``
     trial forwards     the closure under ``torch.no_grad()`` at the trial points (all trials)
     evaluator          ClosureEvaluator around those calls: RNG snapshots, buffer guard, contract checks
-    direction          Adam moments, denominators, search/final directions (``_plan`` minus the dots)
+    direction          Adam moments, denominators, search/final directions (``_plan`` minus the dots);
+                       a reused step's fused Adam update (moments and move together)
     dots               ``<g, d>`` decrease terms, including the host read of their values
     moves              saving ``w0``, trial moves, the final move, restore
     Python / other     the rest of ``step()``
@@ -73,6 +74,8 @@ TARGETS = [
     ("autostep.optim.salsa", "ALSALS._plan", "direction"),
     ("autostep.optim.layerwise", "PLASLS._plan", "direction"),
     ("autostep.optim._adam", "adam_moments", "direction"),
+    # a reused step (amortised mode): moments and move in torch's fused kernel, counted here
+    ("autostep.optim._adam_direction", "AdamDirection._reuse_update", "direction"),
     ("autostep.optim._reductions", "dots", "dots"),
     ("autostep.optim._reductions", "sq_norms", "dots"),
     ("autostep.optim._adam", "read_floats", "dots"),
