@@ -205,8 +205,11 @@ def fused_adam_update(state, params: Sequence[torch.Tensor], grads: Sequence[tor
     updates and step counts, in torch's fused kernel: one pass over parameters, gradients and
     moments.  Only where :func:`fusable` holds.
 
-    The moments are bitwise :class:`AdamMoments`'; the parameters can differ from the foreach path
-    (``commit`` + ``addcdiv``) in the last bit, as the kernel rounds in its own order.  Used by the
+    For float32 and float64 parameters the moments are bitwise :class:`AdamMoments`' and the
+    parameters can differ from the foreach path (``commit`` + ``addcdiv``) in the last bit, as the
+    kernel rounds in its own order.  For bfloat16 and float16 the kernel keeps float32 intermediates
+    and rounds once where the foreach path rounds after every op: ``v`` and the parameters can
+    differ by a few units in the last place of those formats.  Used by the
     amortised mode's reused steps, where no search follows and nothing can fail any more (issue 13:
     a reused step at Adam's cost).
     """

@@ -70,8 +70,9 @@ class AdamDirection:
     def _reuse_update(self, segs: list[Segment], applied: list[float]) -> None:
         """A reused step is Adam's update with the settled step size: one pass of torch's fused
         kernel per segment (moments and parameters together) where it applies to every segment,
-        else the foreach plan.  Named numerical change (issue 13): the parameters can differ from
-        the foreach path's in the last bit; the moments are the same."""
+        else the foreach plan.  Named numerical change (issue 13): in float32/float64 the parameters
+        can differ from the foreach path's in the last bit and the moments are the same; in
+        bfloat16/float16 see :func:`~autostep.optim._adam.fused_adam_update`."""
         if (self.param_groups[0].get("direction", "adam") == "adam"
                 and all(fusable(sg.params, sg.grads) for sg in segs)):
             for sg, eta in zip(segs, applied):
