@@ -66,7 +66,10 @@ METHODS = {
 try:  # the published SaLSa (pip install salsa-optimizer), for issue 13's "1.5x faster than it"
     from salsa.SaLSA import SaLSA as _PublishedSaLSA
 
+    # its default is speed_up=True: up to 10 steps between searches, its amortised mode (compare
+    # with "SALSA amortize=10"); speed_up=False searches every step (compare with "SALSA")
     METHODS["SaLSa-published"] = lambda p: _PublishedSaLSA(p)
+    METHODS["SaLSa-published speed_up=False"] = lambda p: _PublishedSaLSA(p, speed_up=False)
 except ImportError:  # the peers extra is not installed
     _PublishedSaLSA = None
 
@@ -241,6 +244,8 @@ def run_model(problem_factory, names, steps, block, extra_methods, packages=None
         sgd = [c / a for c, a in zip(cpu[name], cpu["SGD"]) if math.isfinite(c)] or [math.nan]
         fw = getattr(opt, "forwards", None)
         bw = getattr(opt, "backwards", None)
+        if _PublishedSaLSA is not None and isinstance(opt, _PublishedSaLSA):
+            fw, bw = opt.state.get("n_forwards"), opt.state.get("n_backwards")  # its own counters
         total_steps = max(1, opt_steps(opt, pos + 3))
         rows.append({
             "method": name,
