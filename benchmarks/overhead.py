@@ -83,6 +83,7 @@ class TransientCounter:
         self.pkg = pkg or autostep
         self.current = 0
         self.peak = 0
+        self.searched = False  # whether a counted step searched (see run_model)
         self._undo = []
 
     def _patch(self, owner, name, wrapper_factory):
@@ -234,9 +235,16 @@ def run_model(problem_factory, names, steps, block, extra_methods, packages=None
         if name not in diverged:
             with TransientCounter(packages.get(name)) as tc:
                 try:
-                    for k in range(3):
+                    # at least 3 steps, and on until one of them searched (an amortised method's
+                    # reused steps allocate nothing; its peak is a searched step's), at most 60
+                    for k in range(60):
                         _train_block(prob, model, opt, batches, k, k + 1)
                         tc.end_step()
+                        info = getattr(opt, "last_step", None) or {}
+                        searched = bool(info.get("searched")) or "reused" not in info
+                        tc.searched = tc.searched or searched
+                        if k >= 2 and tc.searched:
+                            break
                 except nonfinite:
                     diverged[name] = pos
                 peaks[name] = tc.peak
