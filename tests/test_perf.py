@@ -464,8 +464,9 @@ def _reused_run(name, steps=30, weight_decay=0.0, max_grad_norm=None):
                          ids=["plain", "decay-clip"])
 def test_reused_steps_in_the_fused_kernel_equal_the_foreach_path(monkeypatch, name, extra):
     """A reused step runs torch's fused Adam kernel (one pass; issue 13).  Against the foreach path
-    it replaces (the kernel switched off): the same moments and step counts bitwise, parameters to
-    float32 rounding, over 30 steps with two param groups, weight decay and active clipping."""
+    it replaces (the kernel switched off), over 30 steps with two param groups, weight decay and
+    active clipping: the same step counts and reuse decisions, moments and parameters equal to
+    float32 rounding (they part by rounding only)."""
     from autostep.optim import _adam
 
     calls = {"n": 0}
@@ -508,10 +509,63 @@ def test_fused_adam_update_is_adams_update_and_refuses_what_it_cannot_take():
         torch.testing.assert_close(p, expect, rtol=1e-12, atol=1e-14)
         assert state[p]["step"] == k
         p0 = p.clone()
-    assert fusable([torch.zeros(2)], [torch.zeros(2)])
-    assert not fusable([torch.zeros(2, dtype=torch.int32)], [torch.zeros(2, dtype=torch.int32)])
-    assert not fusable([torch.zeros(2)], [torch.zeros(2, dtype=torch.float64)])
-    assert not fusable([torch.zeros(2)], [torch.zeros(2).to_sparse()])
+    st: dict = {}
+    assert fusable(st, [torch.zeros(2)], [torch.zeros(2)])
+    assert not fusable(st, [torch.zeros(2, dtype=torch.int32)], [torch.zeros(2, dtype=torch.int32)])
+    assert not fusable(st, [torch.zeros(2)], [torch.zeros(2, dtype=torch.float64)])
+    assert not fusable(st, [torch.zeros(2)], [torch.zeros(2).to_sparse()])
+
+
+def test_fusable_refuses_layouts_the_flat_kernel_would_get_wrong():
+    """The fused kernel walks parameter, gradient and moments as flat buffers (a strided view or
+    mixed layouts were updated wrongly, and a view's kernel wrote into its base's gaps): such
+    parameters take the foreach path.  Same layout without gaps (a transpose of both, channels_last
+    throughout) is fused."""
+    from autostep.optim._adam import fusable
+
+    base = torch.zeros(8, 6)
+    view = base[:, ::2]
+    assert not fusable({}, [view], [torch.zeros(8, 3)])  # gaps
+    t = torch.zeros(6, 8).t()
+    assert not fusable({}, [t], [torch.zeros(8, 6)])  # transposed parameter, contiguous gradient
+    assert fusable({}, [t], [torch.zeros(6, 8).t()])  # both transposed: same flat layout
+    w = torch.zeros(4, 3, 5, 5).to(memory_format=torch.channels_last)
+    g = torch.zeros_like(w)  # preserves channels_last
+    assert fusable({}, [w], [g])
+    # moments of another layout (a contiguous checkpoint loaded into a channels_last model)
+    state = {w: {"step": 3, "exp_avg": torch.zeros(4, 3, 5, 5), "exp_avg_sq": torch.zeros(4, 3, 5, 5)}}
+    assert not fusable(state, [w], [g])
+    state[w] = {"step": 3, "exp_avg": torch.zeros_like(w), "exp_avg_sq": torch.zeros_like(w)}
+    assert fusable(state, [w], [g])
+
+
+def test_reused_steps_of_a_strided_view_parameter_leave_its_base_alone(monkeypatch):
+    """A parameter that is a view with gaps (``base[:, ::2]``; autograd gives it a contiguous
+    gradient) is updated by the foreach path: the elements of ``base`` between its columns stay as
+    they were, and the run equals the run with the fused kernel switched off."""
+    from autostep.optim import _adam
+
+    def run():
+        torch.manual_seed(0)
+        base = torch.randn(16, 12)
+        holes = base[:, 1::2].clone()
+        w = nn.Parameter(base[:, ::2])
+        b = nn.Parameter(torch.zeros(6))
+        x, y = torch.randn(64, 16), torch.randint(0, 6, (64,))
+        opt = autostep.SALSA([w, b], amortize=5)
+        reused = 0
+        for k in range(40):
+            xb, yb = x[(k % 4) * 16:(k % 4 + 1) * 16], y[(k % 4) * 16:(k % 4 + 1) * 16]
+            opt.step(lambda: nn.functional.cross_entropy(xb @ w + b, yb))
+            reused += bool(opt.last_step.get("reused"))
+        assert reused >= 10
+        assert torch.equal(base[:, 1::2], holes)
+        return w.detach().clone(), b.detach().clone()
+
+    fused = run()
+    monkeypatch.setattr(_adam, "_FUSED_DEVICES", ())
+    for a, c in zip(fused, run()):
+        assert torch.equal(a, c)
 
 
 def test_fused_reused_steps_in_bfloat16_round_once():

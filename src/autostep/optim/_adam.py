@@ -16,12 +16,35 @@ _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _fused_devices() -> tuple:
-    """Device types with a fused Adam kernel in this torch (CPU from torch 2.4 on)."""
+    """Device types whose fused Adam kernel is used: CPU (torch 2.4 on) and CUDA, where torch has
+    one for every float dtype.  Others that torch lists (mps, xpu, ...) take the foreach path: a
+    kernel that failed at run time would leave a reused step half applied."""
     try:
         from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
     except ImportError:  # pragma: no cover - older torch
         return ()
-    return tuple(_get_fused_kernels_supported_devices()) if hasattr(torch, "_fused_adam_") else ()
+    if not hasattr(torch, "_fused_adam_"):  # pragma: no cover - older torch
+        return ()
+    return tuple(d for d in _get_fused_kernels_supported_devices() if d in ("cpu", "cuda"))
+
+
+def _flat_layout(t: torch.Tensor) -> bool:
+    """Whether ``t``'s elements fill its memory span without gaps or overlaps (contiguous in some
+    order of its dimensions: row-major, channels_last, a transpose), as the fused kernel, which
+    walks parameters, gradients and moments as flat buffers, needs."""
+    if t.is_contiguous():
+        return True
+    expected = 1
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz != 1):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Same shape and the same strides over the dimensions longer than 1."""
+    return a.shape == b.shape and all(x == y for x, y, n in zip(a.stride(), b.stride(), a.shape) if n != 1)
 
 
 _FUSED_DEVICES = _fused_devices()
@@ -185,16 +208,27 @@ def adam_moments(state, params: Sequence[torch.Tensor], grads: Sequence[torch.Te
     return ms, vs, list(denom), bc1
 
 
-def fusable(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> bool:
-    """Whether :func:`fused_adam_update` applies: torch has a fused Adam kernel for the device
-    (CPU from torch 2.4 on, CUDA, ...), and every parameter is dense, of a float dtype it takes,
-    with a gradient of the same dtype and device."""
+def fusable(state, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]) -> bool:
+    """Whether :func:`fused_adam_update` applies: torch has a fused Adam kernel for the device (CPU
+    from torch 2.4 on, CUDA), every parameter is dense, of a float dtype it takes, with a gradient
+    of the same dtype and device, and the parameter, its gradient and its Adam moments in
+    ``state`` (where they exist yet) lie in memory alike, without gaps (the kernel walks them as
+    flat buffers: a strided view, or a ``channels_last`` parameter with moments loaded from a
+    contiguous checkpoint, would be updated wrongly)."""
     if not _FUSED_DEVICES:
         return False
-    for p, g in zip(locals_(params), locals_(grads)):
-        if (p.device.type not in _FUSED_DEVICES or p.dtype not in _FUSED_DTYPES or p.is_sparse
-                or g.is_sparse or g.dtype != p.dtype or g.device != p.device):
+    for p, g in zip(params, grads):
+        lp, lg = local(p), local(g)
+        if (lp.device.type not in _FUSED_DEVICES or lp.dtype not in _FUSED_DTYPES or lp.is_sparse
+                or lg.is_sparse or lg.dtype != lp.dtype or lg.device != lp.device
+                or not _flat_layout(lp) or not _same_layout(lp, lg)):
             return False
+        st = state.get(p) if hasattr(state, "get") else None
+        for key in ("exp_avg", "exp_avg_sq"):
+            t = st.get(key) if st else None
+            if t is not None and (local(t).dtype != lp.dtype or local(t).device != lp.device
+                                  or not _same_layout(lp, local(t))):
+                return False
     return True
 
 
@@ -203,7 +237,7 @@ def fused_adam_update(state, params: Sequence[torch.Tensor], grads: Sequence[tor
                       betas: tuple[float, float], eps: float, lr: float) -> None:
     """One Adam update ``p <- p - lr * m_hat / (sqrt(v_hat) + eps)`` of ``params`` with its moment
     updates and step counts, in torch's fused kernel: one pass over parameters, gradients and
-    moments.  Only where :func:`fusable` holds.
+    moments.  Only where :func:`fusable` holds (checked for every segment before any is updated).
 
     For float32 and float64 parameters the moments are bitwise :class:`AdamMoments`' and the
     parameters can differ from the foreach path (``commit`` + ``addcdiv``) in the last bit, as the

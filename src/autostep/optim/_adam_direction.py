@@ -74,7 +74,7 @@ class AdamDirection:
         can differ from the foreach path's in the last bit and the moments are the same; in
         bfloat16/float16 see :func:`~autostep.optim._adam.fused_adam_update`."""
         if (self.param_groups[0].get("direction", "adam") == "adam"
-                and all(fusable(sg.params, sg.grads) for sg in segs)):
+                and all(fusable(self.state, sg.params, sg.grads) for sg in segs)):
             for sg, eta in zip(segs, applied):
                 g = sg.group
                 fused_adam_update(self.state, sg.params, sg.grads, tuple(g["betas"]), g["eps"], eta)
