@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import autostep
+from counting import count_calls
 
 A = torch.tensor([1.0, 10.0, 0.1])
 
@@ -428,14 +429,7 @@ def test_sparse_gradients_are_refused_with_a_clear_error():
 def test_reused_steps_compute_no_decrease_terms(monkeypatch):
     import autostep.optim._adam_direction as direction_module
 
-    calls = {"n": 0}
-    real = direction_module.decrease_terms
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(direction_module, "decrease_terms", counting)
+    calls = count_calls(monkeypatch, direction_module, "decrease_terms")
     torch.manual_seed(0)
     w = nn.Parameter(torch.randn(20))
     target = torch.randn(20)

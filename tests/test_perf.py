@@ -17,6 +17,7 @@ from torch import nn
 
 import autostep
 from autostep._line import Line, axpy_
+from counting import count_calls
 
 ARMIJO = {
     "SLS": lambda p: autostep.SLS(p),
@@ -250,14 +251,7 @@ def test_finite_gradients_skip_the_slow_exact_check(monkeypatch, name):
     the fast hint is not finite; a huge but finite gradient still takes the step."""
     from autostep import _validate as V
 
-    calls = {"n": 0}
-    exact = V.tensor_list_finite
-
-    def counting(ts):
-        calls["n"] += 1
-        return exact(ts)
-
-    monkeypatch.setattr(V, "tensor_list_finite", counting)
+    calls = count_calls(monkeypatch, V, "tensor_list_finite")
     model, x, y = _problem()
     make = {"LABPAL": lambda p: autostep.LABPAL(p, approx_batches=2, reuse_steps=5),
             "PAL": lambda p: autostep.PAL(p), "SALSA-amortized": ARMIJO["SALSA-amortized"]}[name]
@@ -339,13 +333,7 @@ def test_plain_nsgd_update_reads_its_norm_with_the_loss(monkeypatch):
     serves as the finiteness hint (one norm pass, one host read per update; were two each), and
     the update is the same as with the norm computed on its own (momentum 0.0 vs 1e-300 takes the
     other path: the buffered direction, equal to the gradient in value)."""
-    calls = {"norm": 0}
-    real = torch._foreach_norm
-
-    def counting(*a, **k):
-        calls["norm"] += 1
-        return real(*a, **k)
-
+    calls = count_calls(monkeypatch, torch, "_foreach_norm")
     runs = {}
     for momentum in (0.0, 1e-300):
         model, x, y = _problem()
@@ -356,15 +344,13 @@ def test_plain_nsgd_update_reads_its_norm_with_the_loss(monkeypatch):
         for k in range(12):
             xb, yb = x[(k % 4) * 16:(k % 4 + 1) * 16], y[(k % 4) * 16:(k % 4 + 1) * 16]
             phase = opt.phase
-            before, norms = reads.count, calls["norm"]
-            monkeypatch.setattr(torch, "_foreach_norm", counting)
+            before, norms = reads.count, calls["n"]
             with reads.patched():
                 opt.step(lambda: nn.functional.cross_entropy(model(xb), yb))
-            monkeypatch.setattr(torch, "_foreach_norm", real)
             if phase == "train" and momentum == 0.0:
                 updates += 1
                 assert reads.count - before == 1, reads.where[before:]
-                assert calls["norm"] - norms == 1
+                assert calls["n"] - norms == 1
         runs[momentum] = [p.detach().clone() for p in model.parameters()]
         if momentum == 0.0:
             assert updates >= 8
@@ -469,14 +455,7 @@ def test_reused_steps_in_the_fused_kernel_equal_the_foreach_path(monkeypatch, na
     float32 rounding (they part by rounding only)."""
     from autostep.optim import _adam
 
-    calls = {"n": 0}
-    real = torch._fused_adam_
-
-    def counting(*a, **k):
-        calls["n"] += 1
-        return real(*a, **k)
-
-    monkeypatch.setattr(torch, "_fused_adam_", counting)
+    calls = count_calls(monkeypatch, torch, "_fused_adam_")
     fused_p, fused_m, reused = _reused_run(name, **extra)
     assert reused >= 10 and calls["n"] >= reused  # one kernel call per group and reused step
     monkeypatch.setattr(_adam, "_FUSED_DEVICES", ())
