@@ -162,8 +162,7 @@ def _worker(rank, world, init_file, out_dir):
 
 def reused_steps(opt) -> int:
     """Steps of an amortised optimizer that reused the step size (taken, not searched)."""
-    ls = opt.param_groups[0].get("autostep", {})
-    return ls.get("step", 0) - ls.get("searches", 0) - ls.get("skipped", 0)
+    return opt._ls["step"] - opt._ls["searches"] - opt._ls["skipped"]
 
 
 @pytest.fixture(scope="module")

@@ -223,7 +223,7 @@ def fusable(state, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]
                 or lg.is_sparse or lg.dtype != lp.dtype or lg.device != lp.device
                 or not _flat_layout(lp) or not _same_layout(lp, lg)):
             return False
-        st = state.get(p) if hasattr(state, "get") else None
+        st = state.get(p)
         for key in ("exp_avg", "exp_avg_sq"):
             t = st.get(key) if st else None
             if t is not None and (local(t).dtype != lp.dtype or local(t).device != lp.device

@@ -120,7 +120,9 @@ class Phases:
                 self._set_lr(ls["est_lr"])
         return info
 
-    def _train_call(self, start: bool, k: int) -> dict:
+    def _train_call(self, start: bool, k: int, known_sq: float | None = None) -> dict:
+        """One training call (an update once ``k`` batches are in).  ``known_sq``: ``||d||^2`` of
+        a plain NSGD update, read with the start loss (``LABPAL._plain_nsgd_update``)."""
         ls = self._ls
         g0 = self.param_groups[0]
         info: dict = {"phase": "train", "k": k, "updated": False, "trials": 0}
@@ -145,9 +147,8 @@ class Phases:
             lr = ls["est_lr"]
             length = math.nan  # ||d_t|| is not computed in SGD mode (it costs a reduction)
         else:
-            known, self._known_sq = getattr(self, "_known_sq", None), None
-            if known is not None and 0.0 < known < math.inf:
-                norm = math.sqrt(known)  # read with the start loss (LABPAL._plain_nsgd_update)
+            if known_sq is not None and 0.0 < known_sq < math.inf:
+                norm = math.sqrt(known_sq)
             else:  # (float32 squares that under- or overflowed: recomputed in float64 here)
                 norm = self._norm(members, dirs)
             lr = ls["est_step"] / norm if norm > 0 and math.isfinite(norm) else 0.0

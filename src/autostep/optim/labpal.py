@@ -228,7 +228,7 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
         along the raw gradient: one batch per update, no momentum, no clipping; else ``None``.
         Its ``||d||^2`` is then read with the start loss (one norm and one host read fewer)."""
         g0 = self.param_groups[0]
-        if (g0["mode"] != "nsgd" or not start or k != 1 or self._ls["pos"] != 0
+        if (g0["mode"] != "nsgd" or not start or k != 1
                 or any(g["momentum"] > 0 or g["max_grad_norm"] is not None for g in self.param_groups)):
             return None
         members = self._with_grad()
@@ -251,7 +251,7 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
             return None
         undo = self._begin_step()
         self._warn_external_writes()
-        self._known_sq = None  # ||d||^2 read with the start loss (plain NSGD updates)
+        known_sq = None  # ||d||^2 of a plain NSGD update, read with the start loss
         ls = self._ls
         ev = self._evaluator(closure)
         swapped = None
@@ -277,7 +277,7 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
                                               if p.grad is not None and not p.grad.is_sparse])
                     read = ev.read_start(hint.reshape(1), trials=False)[0]
                     finite = math.isfinite(read)
-                    self._known_sq = read if plain is not None else None
+                    known_sq = read if plain is not None else None
                 else:
                     loss = ev.first()
             except NonFiniteLossError:
@@ -288,7 +288,7 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
             if ls["phase"] == "approx":
                 info = self._approx_call(ev, start, k)
             else:
-                info = self._train_call(start, k)
+                info = self._train_call(start, k, known_sq)
             self._unswap(swapped)
             swapped = None
             ls["step"] += 1
