@@ -568,3 +568,42 @@ def test_fused_reused_steps_in_bfloat16_round_once():
     for a, b in ((sf[pf]["exp_avg_sq"], se[pe]["exp_avg_sq"]), (pf, pe)):
         a, b = a.float(), b.float()
         assert ((a - b).abs() <= 4 * ulp * b.abs()).all()
+
+
+def test_cpu_scalars_multiply_and_divide_bitwise_like_python_floats():
+    # foreach mul/div by a cached 0-d tensor instead of a Python float (which CPU torch wraps into
+    # a new tensor for every tensor of the list): bitwise the same products for float32/float64
+    from autostep.optim._adam import cpu_scalar, scalar_dtype
+    torch.manual_seed(0)
+    for dtype in (torch.float32, torch.float64):
+        xs = [torch.randn(257, dtype=dtype) * 10.0 ** e for e in (-30, -3, 0, 5, 30)]
+        assert scalar_dtype(xs) is dtype
+        for value in (0.999, math.sqrt(1 - 0.999 ** 7), 1e-8, 1 / 3, 0.9 ** 0.5, 7.0):
+            t = cpu_scalar(value, dtype)
+            assert t.dim() == 0 and t.dtype is dtype and cpu_scalar(value, dtype) is t  # cached
+            for a, b in zip(torch._foreach_mul(xs, value), torch._foreach_mul(xs, t)):
+                assert torch.equal(a, b)
+            for a, b in zip(torch._foreach_div(xs, value), torch._foreach_div(xs, t)):
+                assert torch.equal(a, b)
+    # half types round a 0-d tensor scalar differently; mixed dtypes, non-CPU or no tensors: floats
+    assert scalar_dtype([torch.ones(2, dtype=torch.float16)]) is None
+    assert scalar_dtype([torch.ones(2, dtype=torch.bfloat16)]) is None
+    assert scalar_dtype([torch.ones(2), torch.ones(2, dtype=torch.float64)]) is None
+    assert scalar_dtype([torch.ones(2, device="meta")]) is None
+    assert scalar_dtype([]) is None and cpu_scalar(0.5, None) == 0.5
+
+
+def test_flat_buffer_views_are_contiguous_slices_of_one_buffer():
+    from autostep._line import flat_buffer
+    ts = [torch.zeros(3, 4), torch.zeros(()), torch.zeros(0, 5), torch.zeros(2, 1, 3),
+          torch.zeros(4, 3).t()]
+    flat, views = flat_buffer(ts)
+    flat.copy_(torch.arange(flat.numel(), dtype=flat.dtype))
+    off = 0
+    for t, v in zip(ts, views):
+        n = t.numel()
+        ref = flat[off:off + n].view(t.shape)
+        assert v.shape == t.shape and v.stride() == ref.stride() and v.is_contiguous()
+        assert v.data_ptr() == ref.data_ptr() and torch.equal(v, ref)
+        off += n
+    assert off == flat.numel()

@@ -41,6 +41,15 @@ def _plain(t: torch.Tensor) -> bool:
     return type(t) in (torch.Tensor, torch.nn.Parameter) and t.layout == torch.strided
 
 
+def _row_major(shape) -> tuple:
+    """The strides of a contiguous tensor of ``shape`` (as ``torch.empty(shape).stride()``)."""
+    strides, acc = [], 1
+    for n in reversed(shape):
+        strides.append(acc)
+        acc *= max(n, 1)
+    return tuple(reversed(strides))
+
+
 def flat_buffer(tensors: Sequence[torch.Tensor]):
     """Uninitialised storage shaped like ``tensors``: ``(flat, views)``.
 
@@ -49,12 +58,13 @@ def flat_buffer(tensors: Sequence[torch.Tensor]):
     ``views`` are separate ``empty_like`` tensors (what a ``DTensor`` or a mixed list needs)."""
     tensors = list(tensors)
     if tensors and all(_plain(t) for t in tensors) and len({(t.dtype, t.device) for t in tensors}) == 1:
-        flat = torch.empty(sum(t.numel() for t in tensors), dtype=tensors[0].dtype,
-                           device=tensors[0].device)
+        numels = [t.numel() for t in tensors]
+        flat = torch.empty(sum(numels), dtype=tensors[0].dtype, device=tensors[0].device)
+        # as_strided with row-major strides: the views that flat[off:off + n].view(shape) gives, at
+        # half the cost per tensor (this runs every searched step)
         views, off = [], 0
-        for t in tensors:
-            n = t.numel()
-            views.append(flat[off:off + n].view(t.shape))
+        for t, n in zip(tensors, numels):
+            views.append(flat.as_strided(t.shape, _row_major(t.shape), off))
             off += n
         return flat, views
     return None, [torch.empty_like(t) for t in tensors]

@@ -9,7 +9,8 @@ import torch
 
 from ..distributed import local, locals_
 
-__all__ = ["AdamMoments", "adam_moments", "fusable", "fused_adam_update", "init_adam_state", "scalar_or_list"]
+__all__ = ["AdamMoments", "adam_moments", "cpu_scalar", "fusable", "fused_adam_update", "init_adam_state",
+           "scalar_dtype", "scalar_or_list"]
 
 #: dtypes torch's fused Adam kernel takes
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -58,6 +59,46 @@ def init_adam_state(st: dict, p: torch.Tensor) -> None:
         st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
+#: 0-d tensors of scalars that foreach ops multiply or divide by (see :func:`cpu_scalar`)
+_SCALARS: dict = {}
+_SCALAR_DTYPES = (torch.float32, torch.float64)
+
+
+def scalar_dtype(tensors: Sequence[torch.Tensor]):
+    """The dtype whose 0-d CPU tensors :func:`cpu_scalar` may pass to foreach ``mul``/``div`` on
+    ``tensors`` -- they must all be plain CPU tensors of one dtype, float32 or float64 -- else
+    ``None`` (Python scalars are used)."""
+    if not tensors:
+        return None
+    dt = tensors[0].dtype
+    if dt not in _SCALAR_DTYPES:
+        return None
+    for t in tensors:
+        if t.dtype != dt or t.device.type != "cpu":
+            return None
+    return dt
+
+
+def cpu_scalar(value: float, dtype):
+    """``value`` for a foreach ``mul``/``div`` on CPU tensors of ``dtype`` (from
+    :func:`scalar_dtype`): a cached 0-d tensor of that dtype, or the float itself when ``dtype`` is
+    ``None``.
+
+    Why: on CPU a Python scalar is wrapped into a new tensor for every tensor of the list (about
+    2.5 us each), a 0-d tensor is not (issue 13: a third of the cost of a small model's Adam
+    denominators).  For float32 and float64 the products and quotients are bitwise the same
+    (``tests/test_perf.py``); the half types round the scalar differently, so they keep floats."""
+    if dtype is None:
+        return value
+    key = (value, dtype)
+    t = _SCALARS.get(key)
+    if t is None:
+        if len(_SCALARS) > 256:  # bias corrections change every step: keep the cache small
+            _SCALARS.clear()
+        t = _SCALARS[key] = torch.tensor(value, dtype=dtype)
+    return t
+
+
 def scalar_or_list(values: list):
     """One float when every entry is the same (the faster foreach overload), else the list.
 
@@ -79,7 +120,7 @@ class AdamMoments:
     """
 
     __slots__ = ("state", "params", "grads", "b1", "b2", "eps", "ms", "vs", "steps", "fresh",
-                 "bc1", "committed", "m_state", "v_state")
+                 "bc1", "committed", "m_state", "v_state", "sdt")
 
     def __init__(self, state, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                  betas: tuple[float, float], eps: float):
@@ -104,6 +145,7 @@ class AdamMoments:
         # the tensors kept in ``state`` (DTensors under FSDP2); the math runs on their local shards
         self.m_state, self.v_state = self.ms, self.vs
         self.ms, self.vs, self.grads = locals_(self.ms), locals_(self.vs), locals_(self.grads)
+        self.sdt = scalar_dtype(self.vs)  # 0-d tensor scalars for mul/div where bitwise the same
 
     @torch.no_grad()
     def denom(self) -> list:
@@ -113,10 +155,11 @@ class AdamMoments:
         if self.committed:  # v_k is in the state already: two passes fewer
             d = torch._foreach_sqrt(self.vs)
         else:
-            d = torch._foreach_mul(self.vs, self.b2)
+            d = torch._foreach_mul(self.vs, cpu_scalar(self.b2, self.sdt))
             torch._foreach_addcmul_(d, self.grads, self.grads, value=1.0 - self.b2)
             torch._foreach_sqrt_(d)
-        torch._foreach_div_(d, scalar_or_list([math.sqrt(1.0 - self.b2 ** k) for k in self.steps]))
+        bc2 = scalar_or_list([math.sqrt(1.0 - self.b2 ** k) for k in self.steps])
+        torch._foreach_div_(d, bc2 if isinstance(bc2, list) else cpu_scalar(bc2, self.sdt))
         torch._foreach_add_(d, self.eps)
         return list(d)
 
@@ -168,7 +211,7 @@ class AdamMoments:
             return
         self.committed = True
         torch._foreach_lerp_(self.ms, self.grads, 1.0 - self.b1)
-        torch._foreach_mul_(self.vs, self.b2)
+        torch._foreach_mul_(self.vs, cpu_scalar(self.b2, self.sdt))
         torch._foreach_addcmul_(self.vs, self.grads, self.grads, value=1.0 - self.b2)
         for p, m, v, k, fresh in zip(self.params, self.m_state, self.v_state, self.steps, self.fresh):
             if fresh:

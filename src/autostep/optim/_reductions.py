@@ -14,8 +14,17 @@ from ..distributed import locals_
 __all__ = ["dots", "sq_norms", "sq_norm_float", "dot_float", "all_zero"]
 
 
+def _as_float64(parts: list) -> torch.Tensor:
+    """The 0-d tensors ``parts`` as one 1-d float64 tensor: stacked first and converted once when
+    they share a dtype and a device (the same exact values, two calls instead of one per part)."""
+    first = parts[0]
+    if all(p.dtype == first.dtype and p.device == first.device for p in parts):
+        return torch.stack(parts).double()
+    return torch.stack([p.double() for p in parts])
+
+
 def _weighted(parts: list, weights: Sequence[float] | None) -> torch.Tensor:
-    t = torch.stack([p.double() for p in parts])
+    t = _as_float64(parts)
     if weights is not None:
         t = t * torch.tensor(list(weights), dtype=torch.float64, device=t.device)
     return t.sum()
@@ -45,7 +54,7 @@ def sq_norms(xs: Sequence[torch.Tensor], weights: Sequence[float] | None = None)
         return torch.zeros((), dtype=torch.float64)
     norms = torch._foreach_norm(locals_(xs))
     if weights is None:
-        return torch.stack([n.double() for n in norms]).pow(2).sum()
+        return _as_float64(norms).pow(2).sum()
     return _weighted([n.double().pow(2) for n in norms], weights)
 
 
