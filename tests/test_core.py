@@ -171,6 +171,28 @@ def test_line_addcdiv_direction_and_per_tensor_scales():
     assert all(torch.equal(a, b) for a, b in zip(direct, ps))
 
 
+@pytest.mark.parametrize("dtype,scale", [(torch.float32, 1e40), (torch.float16, 1e6),
+                                         (torch.bfloat16, 1e39)])
+def test_axpy_scales_beyond_the_dtype_range(dtype, scale):
+    # a scale that does not fit the parameters' dtype (a normalised step along a tiny direction)
+    # made the foreach ops raise; the update is computed in float64, then rounded to the dtype
+    d = [torch.full((3,), 1.0 / scale, dtype=torch.float64).to(dtype), torch.ones(2, dtype=dtype)]
+    den = [torch.full((3,), 2.0, dtype=dtype), torch.full((2,), 2.0, dtype=dtype)]
+    for direction, per in ((d, 1.0), ((d, den), 0.5)):
+        ps = [torch.ones(3, dtype=dtype), torch.ones(2, dtype=dtype)]
+        axpy_(ps, direction, [scale, 0.0])
+        want = torch.ones(3, dtype=dtype) - (d[0].double() * scale * per).to(dtype)
+        assert torch.equal(ps[0], want) and torch.equal(ps[1], torch.ones(2, dtype=dtype))
+    # a Line's move goes through the same path
+    ps = [nn.Parameter(torch.ones(3, dtype=dtype))]
+    line = Line([ps], [[d[0]]])
+    line.move([scale])
+    assert torch.equal(ps[0].detach(), torch.ones(3, dtype=dtype) - (d[0].double() * scale).to(dtype))
+    assert abs(float(ps[0][0])) < 1.0  # a step of ordinary size
+    line.restore()
+    assert torch.equal(ps[0].detach(), torch.ones(3, dtype=dtype))
+
+
 def test_reducer_is_identity_without_distributed():
     r = Reducer()
     assert not r.active

@@ -284,3 +284,26 @@ def test_update_length_and_checkpoints_with_the_older_names():
         runs.append([float(opt2.step(closure_for(A, w2, cs[i]))) for i in range(4, 12)]
                     + w2.detach().tolist() + [opt2.update_length])
     assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("mode", ["nsgd", "sgd"])
+@pytest.mark.parametrize("dtype,g", [(torch.float32, 2e-44), (torch.float16, 1.2e-7)])
+def test_a_tiny_direction_norm_does_not_raise(mode, dtype, g):
+    # NSGD's rate est_step / ||d|| exceeds the dtype's range when ||d|| is tiny (a denormal float32
+    # gradient, or a float16 gradient norm below ~3e-5); the update scalar then overflowed the
+    # dtype and the step raised "value cannot be converted to type float without overflow"
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(10).to(dtype))
+    opt = LABPAL([w], mode=mode)
+    for _ in range(12):
+        opt.step(lambda: ((w.float() - 1) ** 2).sum())
+    assert opt._ls["phase"] == "train"
+    before = w.detach().clone()
+    opt.step(lambda: (w.float() * g).sum().to(dtype))
+    assert torch.isfinite(w).all()
+    moved = float((w.detach().double() - before.double()).norm())
+    if mode == "nsgd" and dtype == torch.float32:
+        # a step of the estimated length along the (denormal) gradient, as with ordinary norms
+        assert moved == pytest.approx(opt._ls["est_step"], rel=1e-5)
+    elif mode == "nsgd":
+        assert moved > 0

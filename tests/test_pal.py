@@ -156,3 +156,17 @@ def test_update_length_its_older_name_and_older_checkpoints():
     opt2 = PAL([nn.Parameter(w.detach().clone())], alpha=1.0, max_step=100.0)
     opt2.load_state_dict(old)
     assert opt2.update_length == opt.update_length and "step_size" not in opt2._ls
+
+
+@pytest.mark.parametrize("dtype,g", [(torch.float32, 2e-44), (torch.float16, 1.2e-7)])
+def test_a_tiny_gradient_does_not_raise(dtype, g):
+    # the measuring step mu / ||d|| exceeded the dtype's range for a tiny ||d||: the foreach move
+    # raised "value cannot be converted to type float without overflow"
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(10).to(dtype))
+    opt = PAL([w])
+    for _ in range(5):
+        opt.step(lambda: ((w.float() - 1) ** 2).sum())
+    for _ in range(3):
+        opt.step(lambda: (w.float() * g).sum().to(dtype))
+    assert torch.isfinite(w).all()

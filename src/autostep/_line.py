@@ -86,6 +86,10 @@ def axpy_(params: Sequence[torch.Tensor], d: Direction, s) -> None:
         s, per_tensor = s[0], False
     if not per_tensor and s == 0:
         return
+    if (_beyond_dtype(params, s) if per_tensor
+            else abs(s) > _HALF_MAX and _beyond_dtype(params, [s])):
+        _axpy_wide_(params, d, s if per_tensor else [s] * len(params))
+        return
     if isinstance(d, tuple):
         num, den = locals_(d[0]), locals_(d[1])
         if per_tensor:
@@ -96,6 +100,37 @@ def axpy_(params: Sequence[torch.Tensor], d: Direction, s) -> None:
         torch._foreach_add_(params, torch._foreach_mul(locals_(d), [-float(x) for x in s]))
     else:
         torch._foreach_add_(params, locals_(d), alpha=-float(s))
+
+
+#: the largest finite float16 value: a step scale below it converts to every float dtype
+_HALF_MAX = 65504.0
+
+
+def _beyond_dtype(params: Sequence[torch.Tensor], scales: Sequence[float]) -> bool:
+    """Whether a finite scale is too large for some parameter's dtype: the fused ops take it as a
+    scalar of that dtype and would raise ("value cannot be converted ... without overflow").
+
+    Scales that large come from normalised directions with tiny norms (``step / ||d||`` for a
+    gradient of 1e-40 in float32, or of 1e-5 in float16: PAL, LABPAL); the products
+    ``scale * d`` are of ordinary size.  Checked with one comparison in the ordinary case."""
+    big = max(abs(float(x)) for x in scales)
+    if not big > _HALF_MAX or big == float("inf"):
+        return False
+    return big > min(torch.finfo(p.dtype).max for p in params if p.is_floating_point())
+
+
+@torch.no_grad()
+def _axpy_wide_(params: list, d: Direction, scales: list) -> None:
+    """``params[i] -= scales[i] * d[i]`` with the update computed in float64 and rounded to the
+    parameter's dtype (:func:`axpy_` for scales beyond the dtype's range; see
+    :func:`_beyond_dtype`)."""
+    if isinstance(d, tuple):
+        num, den = locals_(d[0]), locals_(d[1])
+        for p, n, q, sc in zip(params, num, den, scales):
+            p.sub_((n.double() * float(sc) / q.double()).to(p.dtype))
+    else:
+        for p, x, sc in zip(params, locals_(d), scales):
+            p.sub_((x.double() * float(sc)).to(p.dtype))
 
 
 class Line:

@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 
 from .._closure import ClosureEvaluator
-from .._line import Line
+from .._line import Line, axpy_
 from . import _parabola as P
 
 __all__ = ["Phases"]
@@ -156,8 +156,8 @@ class Phases:
         if lr > 0:
             self._decay([(ps, g["weight_decay"], lr) for g, ps in zip(self.param_groups, members)])
             for ps, d in zip(members, dirs):
-                if ps:
-                    torch._foreach_add_(ps, d, alpha=-lr)
+                if ps:  # (a scale beyond the parameters' dtype, from a tiny ||d||: in float64)
+                    axpy_(ps, d, lr)
         self._set_lr(lr)
         ls["update_length"] = length if g0["mode"] == "nsgd" else ls["est_step"]
         ls["updates"] += 1
