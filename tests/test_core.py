@@ -227,3 +227,34 @@ def test_mean_log_loss():
         autostep.mean_log_loss([0.5], optimum=1.0)
     with pytest.raises(ValueError, match="at least one"):
         autostep.mean_log_loss([])
+
+
+def test_hot_path_no_grad_decorator(monkeypatch):
+    from autostep._grad_mode import no_grad
+    seen = []
+
+    @no_grad
+    def f(x, fail=False):
+        """doc"""
+        seen.append(torch.is_grad_enabled())
+        if fail:
+            raise ValueError("boom")
+        return x * 2
+
+    assert f.__doc__ == "doc" and f.__name__ == "f"
+    assert f(3) == 6 and seen == [False] and torch.is_grad_enabled()
+    with pytest.raises(ValueError):
+        f(1, fail=True)
+    assert torch.is_grad_enabled()  # restored after an exception
+    entered = []
+    real_enter = torch.no_grad.__enter__
+    monkeypatch.setattr(torch.no_grad, "__enter__", lambda self: (entered.append(1), real_enter(self))[1])
+    with torch.no_grad():
+        n = len(entered)
+        f(1)
+        assert len(entered) == n and seen[-1] is False  # already off: no new context
+    f(1)
+    assert len(entered) == n + 1  # on: entered once
+    w = nn.Parameter(torch.ones(2))
+    axpy_([w], [torch.ones(2)], 0.5)  # in-place on a leaf that requires grad, outside step()
+    assert torch.equal(w.detach(), torch.full((2,), 0.5))

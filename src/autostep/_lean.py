@@ -24,6 +24,7 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
+from ._grad_mode import no_grad
 from .distributed import locals_
 
 __all__ = ["CHUNK", "Rebuilt", "rebuild_move_"]
@@ -50,7 +51,7 @@ class Rebuilt:
         self.fill, self.sources, self.two = fill, sources, two
         self.num = None if num is None else locals_(list(num))
 
-    @torch.no_grad()
+    @no_grad
     def materialize(self, outs: Sequence[torch.Tensor]):
         """The direction in the fast mode's form, its rebuilt part written into ``outs`` (tensors
         shaped like the parameters, e.g. a line's scratch, piece by piece as in a move):
@@ -98,7 +99,7 @@ class _Scratch:
         return bufs[0][:numel], (bufs[1][:numel] if two else None)
 
 
-@torch.no_grad()
+@no_grad
 def rebuild_move_(params: Sequence[Sequence[torch.Tensor]],
                   w0: Optional[Sequence[Sequence[torch.Tensor]]],
                   dirs: Sequence[Rebuilt], scales: Sequence) -> None:

@@ -29,6 +29,7 @@ from typing import Sequence, Union
 
 import torch
 
+from ._grad_mode import no_grad
 from ._lean import Rebuilt, rebuild_move_
 from .distributed import locals_
 
@@ -70,7 +71,7 @@ def flat_buffer(tensors: Sequence[torch.Tensor]):
     return None, [torch.empty_like(t) for t in tensors]
 
 
-@torch.no_grad()
+@no_grad
 def axpy_(params: Sequence[torch.Tensor], d: Direction, s) -> None:
     """In place ``params -= s * d`` (``d`` a tensor list or a ``(num, den)`` pair, ``s`` a float or
     one float per tensor).  Used both for trial points (after copying ``w0``) and for direct steps,
@@ -119,7 +120,7 @@ def _beyond_dtype(params: Sequence[torch.Tensor], scales: Sequence[float]) -> bo
     return big > min(torch.finfo(p.dtype).max for p in params if p.is_floating_point())
 
 
-@torch.no_grad()
+@no_grad
 def _axpy_wide_(params: list, d: Direction, scales: list) -> None:
     """``params[i] -= scales[i] * d[i]`` with the update computed in float64 and rounded to the
     parameter's dtype (:func:`axpy_` for scales beyond the dtype's range; see
@@ -173,7 +174,7 @@ class Line:
             self.save()
 
     # ------------------------------------------------------------------ buffer
-    @torch.no_grad()
+    @no_grad
     def save(self) -> None:
         """Copy the current parameters into ``w0`` (one foreach copy)."""
         if self._all:
@@ -189,7 +190,7 @@ class Line:
             raise RuntimeError("the scratch buffer holds w0 after save()")
         return self.w0
 
-    @torch.no_grad()
+    @no_grad
     def scratch_sums(self) -> torch.Tensor:
         """Per segment, the sum of every element of its scratch tensors (1-d, one entry per segment)."""
         if self._flat is not None:
@@ -205,7 +206,7 @@ class Line:
         self.dirs = list(dirs)
 
     # ------------------------------------------------------------------ moves
-    @torch.no_grad()
+    @no_grad
     def move(self, scales: Sequence, dirs: Sequence[Direction] | None = None) -> None:
         """Set every segment to ``w0 - scales[j] * dir[j]`` (rebuilt from ``w0``).
 
@@ -242,7 +243,7 @@ class Line:
                 axpy_(ps, d, s)
         self.scales = list(scales)
 
-    @torch.no_grad()
+    @no_grad
     def restore(self) -> None:
         """Put every parameter back to ``w0`` exactly."""
         if self._all and self.saved and not (self.exclusive and self._at_w0):

@@ -72,9 +72,11 @@ def locals_(ts: Iterable[torch.Tensor]) -> list:
     they run shard by shard on the local tensors: fused foreach kernels, and no dependence on
     DTensor sharding rules (``_foreach_copy_`` has none)."""
     ts = list(ts)
-    if DTensor is None or not any(isinstance(t, DTensor) for t in ts):
-        return ts
-    return [local(t) for t in ts]
+    if DTensor is not None:
+        for t in ts:  # (a loop, not any() over a generator: this runs a dozen times per step)
+            if isinstance(t, DTensor):
+                return [local(t) for t in ts]
+    return ts
 
 
 def _groups(t: torch.Tensor, flat_groups: dict | None) -> tuple:

@@ -19,6 +19,8 @@ from typing import Iterator, Sequence
 import torch
 from torch.nn.modules.module import register_module_forward_pre_hook
 
+from .._grad_mode import no_grad
+
 __all__ = ["BufferGuard", "ModelBuffers", "model_buffers", "restore_items"]
 
 
@@ -65,7 +67,7 @@ class BufferGuard:
         finally:
             handle.remove()
 
-    @torch.no_grad()
+    @no_grad
     def restore(self) -> None:
         # Always copy: kernels such as batch_norm update running statistics in place without
         # bumping the tensor's version counter, so "unchanged" cannot be detected cheaply.
@@ -176,7 +178,7 @@ class ModelBuffers:
             handle[0].remove()
         self._finalize(ran)
 
-    @torch.no_grad()
+    @no_grad
     def save(self) -> None:
         """Copy every buffer of the models (reusing the copies of the previous call)."""
         old = {id(b): s for _, _, b, s in self._items}
@@ -197,7 +199,7 @@ class ModelBuffers:
                 items.append((m, name, buf, s))
         self._items = items
 
-    @torch.no_grad()
+    @no_grad
     def restore(self) -> None:
         """Write the saved copies back (a no-op before :meth:`save`)."""
         restore_items(self._items)

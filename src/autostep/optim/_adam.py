@@ -7,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from .._grad_mode import no_grad
 from ..distributed import local, locals_
 
 __all__ = ["AdamMoments", "adam_moments", "cpu_scalar", "fusable", "fused_adam_update", "init_adam_state",
@@ -147,7 +148,7 @@ class AdamMoments:
         self.ms, self.vs, self.grads = locals_(self.ms), locals_(self.vs), locals_(self.grads)
         self.sdt = scalar_dtype(self.vs)  # 0-d tensor scalars for mul/div where bitwise the same
 
-    @torch.no_grad()
+    @no_grad
     def denom(self) -> list:
         """A fresh list ``sqrt(v_k / (1 - beta2^k)) + eps`` (torch.optim.Adam's, bitwise)."""
         if not self.params:
@@ -163,7 +164,7 @@ class AdamMoments:
         torch._foreach_add_(d, self.eps)
         return list(d)
 
-    @torch.no_grad()
+    @no_grad
     def denom_into(self, i: int, view, out: torch.Tensor) -> None:
         """Tensor ``i`` of :meth:`denom` (the piece ``view`` selects) written into ``out``: the
         same elementwise operations in the same order, so bitwise the same values
@@ -179,7 +180,7 @@ class AdamMoments:
         out.div_(math.sqrt(1.0 - self.b2 ** self.steps[i]))
         out.add_(self.eps)
 
-    @torch.no_grad()
+    @no_grad
     def m_into(self, i: int, view, out: torch.Tensor) -> torch.Tensor:
         """Tensor ``i`` of :meth:`m_new` (the piece ``view`` selects): computed into ``out``, or
         after :meth:`commit` the state's own ``m_k`` (a view of it); returns the tensor."""
@@ -187,7 +188,7 @@ class AdamMoments:
             return view(self.ms[i])
         return torch.lerp(view(self.ms[i]), view(self.grads[i]), 1.0 - self.b1, out=out)
 
-    @torch.no_grad()
+    @no_grad
     def m_new(self, out: Sequence[torch.Tensor] | None = None) -> list:
         """``m_k`` in ``out`` (a scratch list shaped like the params) or in a fresh list (after
         :meth:`commit`: the state's own ``m_k``)."""
@@ -200,7 +201,7 @@ class AdamMoments:
         torch._foreach_lerp_(out, self.grads, 1.0 - self.b1)
         return out
 
-    @torch.no_grad()
+    @no_grad
     def commit(self) -> None:
         """Write ``m_k``, ``v_k`` and the step counts into the state (same ops as provisional).
 
@@ -220,7 +221,7 @@ class AdamMoments:
                 self.state[p]["step"] = k
 
 
-@torch.no_grad()
+@no_grad
 def adam_moments(state, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                  betas: tuple[float, float], eps: float):
     """Update Adam's moments in ``state`` with ``grads`` and return ``(m, v, denom, bc1)``.
@@ -275,7 +276,7 @@ def fusable(state, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor]
     return True
 
 
-@torch.no_grad()
+@no_grad
 def fused_adam_update(state, params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor],
                       betas: tuple[float, float], eps: float, lr: float) -> None:
     """One Adam update ``p <- p - lr * m_hat / (sqrt(v_hat) + eps)`` of ``params`` with its moment

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 
 from .. import _validate as V
+from .._grad_mode import no_grad
 from ._reductions import sq_norm_float, sq_norms
 
 __all__ = ["ClipAndDecay"]
@@ -80,7 +81,7 @@ class ClipAndDecay:
         sq = sq_norms(grads, weights)
         return _coef_from_sq(sq, mx), sq
 
-    @torch.no_grad()
+    @no_grad
     def _decay(self, params_per_seg: list, w0s: list | None = None) -> None:
         """Decoupled weight decay, as AdamW: ``w <- w - lr * weight_decay * w0`` per segment.
 

@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from .. import _validate as V
+from .._grad_mode import no_grad
 from ._adam_direction import AdamDirection
 from .._lean import Rebuilt
 from ._armijo import ArmijoOptimizer, Plan, Segment, decrease_terms
@@ -174,7 +175,7 @@ class ALSALS(AdamDirection, _Smoothed):
         super()._validate_group(group)
         self._validate_adam(group)
 
-    @torch.no_grad()
+    @no_grad
     def _plan(self, segs: list[Segment], need_s: bool = True, line=None) -> Plan:
         moments, dens = self._moments(segs)
         if self._lean:
