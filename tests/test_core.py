@@ -74,6 +74,19 @@ def test_evaluator_counts_and_returns_start_loss():
     assert ev.forwards == 2 and ev.backwards == 1
 
 
+@pytest.mark.parametrize("loss_dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("extra_dtype", [torch.float16, torch.float32, torch.float64])
+def test_read_start_returns_the_exact_values_of_any_float_widths(loss_dtype, extra_dtype):
+    # one cat in the inputs' own dtypes (promoted exactly) instead of float64 conversions first
+    w = nn.Parameter(torch.tensor([1.1, 2.3]))
+    ev = ClosureEvaluator(lambda: (w ** 2).sum().to(loss_dtype) / 3, [w])
+    loss = ev.first(read=False)
+    extra = torch.tensor([0.1, 1e-7, 3.3e4], dtype=extra_dtype)
+    got = ev.read_start(extra)
+    assert ev.loss0 == float(loss.double()) and got == extra.double().tolist()
+    assert ev.loss_eps == torch.finfo(loss_dtype).eps
+
+
 def test_evaluator_clears_its_own_old_gradients_and_uses_foreign_ones():
     w = nn.Parameter(torch.tensor([1.0]))
     owner = type("Owner", (), {})()

@@ -30,6 +30,16 @@ from .._snapshot import RNGSnapshot
 __all__ = ["ClosureEvaluator"]
 
 
+#: machine epsilon per loss dtype (``torch.finfo`` costs a microsecond or two per call)
+_EPS: dict = {}
+
+
+def _eps(dtype) -> float:
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    _EPS[dtype] = eps
+    return eps
+
+
 class ClosureEvaluator:
     """All closure calls of one optimizer step.
 
@@ -144,7 +154,7 @@ class ClosureEvaluator:
             self.forwards += 1
             self.backwards += rec.calls if with_grad else 0
             self.device = loss.device
-            self.loss_eps = torch.finfo(loss.dtype).eps if loss.is_floating_point() else 0.0
+            self.loss_eps = _EPS.get(loss.dtype) or _eps(loss.dtype)
             self._loss_t = loss.detach()
             if read:
                 self.loss0 = self.reducer.mean([self._loss_t.item()], loss.device)[0]
@@ -188,9 +198,17 @@ class ClosureEvaluator:
         tensors are not kept through the backward (that would cost a gradient's memory every step):
         they are left cleared (``None``), as the next step would clear them anyway.
         """
-        vals = self._loss_t.reshape(1).to(torch.float64)
-        if extra is not None and extra.numel():
-            vals = torch.cat([vals, extra.detach().reshape(-1).to(vals.device, torch.float64)])
+        loss = self._loss_t.reshape(1)
+        if extra is None or not extra.numel():
+            vals = loss
+        elif (loss.is_floating_point() and extra.is_floating_point()
+              and extra.device == loss.device):
+            # floats of any width: cat promotes to the widest, exactly, and tolist() gives the
+            # same Python floats as float64 conversions would, without two of them (issue 13)
+            vals = torch.cat([loss, extra.detach().reshape(-1)])
+        else:
+            vals = torch.cat([loss.to(torch.float64),
+                              extra.detach().reshape(-1).to(loss.device, torch.float64)])
         out = self.reducer.mean(vals.tolist(), self.device)
         self.loss0 = out[0]
         try:
