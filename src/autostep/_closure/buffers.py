@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import warnings
 import weakref
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator, Sequence
 
 import torch
@@ -135,13 +135,17 @@ class ModelBuffers:
         self._roots = [weakref.ref(m) for m in roots]
         self._order = [weakref.ref(m) for m in ran if id(m) in covered]
 
-    @contextmanager
-    def first_eval(self) -> Iterator["ModelBuffers"]:
-        """Save the buffers (finding the models on the first call) around a first evaluation."""
+    def first_eval(self):
+        """Save the buffers (finding the models on the first call) around a first evaluation
+        (a context manager)."""
         if self._roots is not None:
             self.save()
-            yield self
-            return
+            return nullcontext(self)  # (no generator context on every step once discovered)
+        return self._discover()
+
+    @contextmanager
+    def _discover(self) -> Iterator["ModelBuffers"]:
+        """:meth:`first_eval` of the first evaluation: the models are found while it runs."""
         thread = threading.get_ident()
         ran: list = []
         seen: set = set()

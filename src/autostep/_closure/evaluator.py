@@ -121,8 +121,14 @@ class ClosureEvaluator:
                 p.grad = None
         try:
             with self.buffers.first_eval():
-                with torch.set_grad_enabled(with_grad), recording(rec):
-                    loss = self.closure()
+                # grad mode as a function call, not a context object (cheaper on the hot path)
+                prev = torch.is_grad_enabled()
+                torch.set_grad_enabled(with_grad)
+                try:
+                    with recording(rec):
+                        loss = self.closure()
+                finally:
+                    torch.set_grad_enabled(prev)
             loss = check_loss(loss, "at the start point")
             if self.reducer.active:  # FSDP1's shard groups, and whether anything is sharded
                 self.reducer.observe(self.buffers.modules(), self.params)
@@ -306,10 +312,15 @@ class ClosureEvaluator:
         rec = Recorder(self.params, skip=True)
         for p in self.params:  # out of reach of a zero_grad() in the closure
             p.grad = None
+        prev = torch.is_grad_enabled()  # (off inside step(); turned off here when it is not)
         try:
-            with torch.no_grad(), recording(rec):
+            if prev:
+                torch.set_grad_enabled(False)
+            with recording(rec):
                 out = self.closure()
         finally:
+            if torch.is_grad_enabled() != prev:
+                torch.set_grad_enabled(prev)
             for p, g in zip(self.params, self._grads):
                 p.grad = g
             self.buffers.restore()
