@@ -86,15 +86,17 @@ def cpu_scalar(value: float, dtype):
     ``None``.
 
     Why: on CPU a Python scalar is wrapped into a new tensor for every tensor of the list (about
-    2.5 us each), a 0-d tensor is not (issue 13: a third of the cost of a small model's Adam
-    denominators).  For float32 and float64 the products and quotients are bitwise the same
+    2.5 us each), a cached 0-d tensor is not (issue 13: inside a SALSA step on the digits MLP,
+    ``_foreach_mul(v, beta2)`` took 30 us with the float, 17 us with the tensor).  For values that
+    change every step (bias corrections) a new 0-d tensor costs more than it saves: pass floats.
+    For float32 and float64 the products and quotients are bitwise the same
     (``tests/test_perf.py``); the half types round the scalar differently, so they keep floats."""
     if dtype is None:
         return value
     key = (value, dtype)
     t = _SCALARS.get(key)
     if t is None:
-        if len(_SCALARS) > 256:  # bias corrections change every step: keep the cache small
+        if len(_SCALARS) > 256:  # (constants only are expected; keep the cache small regardless)
             _SCALARS.clear()
         t = _SCALARS[key] = torch.tensor(value, dtype=dtype)
     return t
@@ -159,8 +161,9 @@ class AdamMoments:
             d = torch._foreach_mul(self.vs, cpu_scalar(self.b2, self.sdt))
             torch._foreach_addcmul_(d, self.grads, self.grads, value=1.0 - self.b2)
             torch._foreach_sqrt_(d)
-        bc2 = scalar_or_list([math.sqrt(1.0 - self.b2 ** k) for k in self.steps])
-        torch._foreach_div_(d, bc2 if isinstance(bc2, list) else cpu_scalar(bc2, self.sdt))
+        # (a float: the bias correction changes every step, and a new 0-d tensor per step costs
+        # more inside a step than the float's wrapping saves; only constants are cached tensors)
+        torch._foreach_div_(d, scalar_or_list([math.sqrt(1.0 - self.b2 ** k) for k in self.steps]))
         torch._foreach_add_(d, self.eps)
         return list(d)
 
