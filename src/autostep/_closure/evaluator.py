@@ -255,9 +255,10 @@ class ClosureEvaluator:
         """
         loss = self._start(with_grad=True, read=read)
         if not self.torch_style and not self.given and not read:
-            # the old gradients are not kept for an undo: holding them through the backward would
-            # cost a gradient's memory (and, on CPU, fresh pages) every step; a non-finite start
-            # loss found by read_start() leaves .grad cleared (None) instead
+            # a non-finite start loss found by read_start() leaves .grad cleared (None), not the
+            # old gradients.  (They stay alive through the backward all the same: ``_before``
+            # keeps them for abort(), which puts .grad back when the step raises -- one gradient
+            # of memory at the backward's peak; see the README's memory caveat.)
             before, rec = self._undo
             self._undo = ([(None, v) for _, v in before], rec)
         if not self.torch_style and not self.given:
