@@ -736,6 +736,30 @@ def test_extreme_loss_scales_move_or_warn(name, exponent, seed):
     assert moved or notes, (l0, l1, "nothing moved and no warning said why")
 
 
+@pytest.mark.parametrize("name", ["SALSA", "AdamSLS", "PLASLS", "ALSALS"])
+def test_float16_parameters_get_the_float16_reason_and_train_with_a_larger_eps(name):
+    # float16 parameters with eps=1e-8: g^2 and eps underflow, the denominators are 0 and every
+    # step is skipped; the warning named a loss scale, which was not the cause
+    seed_cpu(0)
+    x, y = torch.randn(64, 6).half(), torch.randint(0, 3, (64,))
+    make = getattr(autostep, name)
+    for eps in (1e-8, 1e-4):
+        seed_cpu(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).half()
+        opt = make(model.parameters(), eps=eps)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            losses = [float(opt.step(lambda: nn.functional.cross_entropy(model(x).float(), y)))
+                      for _ in range(25)]
+        notes = [str(w.message) for w in caught if "moved nothing" in str(w.message)]
+        if eps == 1e-8:
+            assert opt.skipped_steps == 25 and len(notes) == 1
+            assert "float16" in notes[0] and "torch.autocast" in notes[0] and "eps=1e-4" in notes[0]
+            assert "rescale" not in notes[0]
+        else:
+            assert opt.skipped_steps == 0 and not notes and losses[-1] < 0.8 * losses[0]
+
+
 @pytest.mark.parametrize("name", [n for n in NAMES if n.startswith(("PAL", "LABPAL"))])
 @settings(max_examples=4, deadline=None)
 @given(exponent=st.integers(-30, 30))

@@ -244,8 +244,9 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
             if not any(sg.params for sg in segs):
                 info["skipped"] = "no gradients"
             elif not all(math.isfinite(si) for si in s):
-                # finite gradients whose decrease term overflows: an extreme loss scale
-                scale_note = "the first-order decrease <g, d> overflows the float range"
+                # finite gradients whose decrease term overflows: an extreme loss scale, or Adam
+                # denominators of float16 parameters that are 0 (g^2 and eps underflow)
+                scale_note = _half_note(segs) or "the first-order decrease <g, d> overflows the float range"
                 info["skipped"] = "decrease term overflow"
                 ls["skipped"] += 1
                 plan.commit()
@@ -337,3 +338,21 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
             self._warn_scale(scale_note)
         return loss
 
+
+#: why an Adam-direction step of float16 parameters is skipped (issue 13: it named a loss scale)
+HALF_NOTE = (
+    "the first-order decrease <g, d> is not finite for float16 parameters: in float16 Adam's "
+    "second moment g^2 underflows to 0 for |g| below ~2.4e-4 and eps={eps:g} is below float16's "
+    "smallest normal number (6.1e-05): the denominators are 0"
+)
+
+
+def _half_note(segs: list) -> str | None:
+    """:data:`HALF_NOTE` when a segment of float16 parameters has an Adam direction whose ``eps``
+    float16 cannot hold as a normal number, else ``None``."""
+    for sg in segs:
+        g = sg.group
+        if ("eps" in g and g.get("direction", "adam") == "adam" and g["eps"] < 6.1e-5
+                and any(p.dtype == torch.float16 for p in sg.params)):
+            return HALF_NOTE.format(eps=g["eps"])
+    return None

@@ -217,10 +217,15 @@ class AutostepOptimizer(ClipAndDecay, CheckpointMixin, Optimizer):
         if why in seen:
             return
         seen.add(why)
+        if "float16" in why:  # (the Adam-direction note of float16 parameters, _armijo.HALF_NOTE)
+            advice = (" Keep the parameters in float32 and run the model under torch.autocast "
+                      "(mixed precision), or pass eps=1e-4 or more.")
+        else:
+            advice = (" If the loss is scaled far from 1 (float32 squares overflow for |g| above "
+                      "~1e19 and underflow below ~1e-19), rescale it, e.g. divide it by its "
+                      "typical value.")
         warnings.warn(
-            f"{type(self).__name__}.step: {why}, so the step moved nothing. If the loss is "
-            "scaled far from 1 (float32 squares overflow for |g| above ~1e19 and underflow below "
-            "~1e-19), rescale it, e.g. divide it by its typical value.",
+            f"{type(self).__name__}.step: {why}, so the step moved nothing.{advice}",
             RuntimeWarning,
             stacklevel=4,
         )
