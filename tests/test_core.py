@@ -187,21 +187,45 @@ def test_line_addcdiv_direction_and_per_tensor_scales():
 @pytest.mark.parametrize("dtype,scale", [(torch.float32, 1e40), (torch.float16, 1e6),
                                          (torch.bfloat16, 1e39)])
 def test_axpy_scales_beyond_the_dtype_range(dtype, scale):
-    # a scale that does not fit the parameters' dtype (a normalised step along a tiny direction)
-    # made the foreach ops raise; the update is computed in float64, then rounded to the dtype
-    d = [torch.full((3,), 1.0 / scale, dtype=torch.float64).to(dtype), torch.ones(2, dtype=dtype)]
-    den = [torch.full((3,), 2.0, dtype=dtype), torch.full((2,), 2.0, dtype=dtype)]
-    for direction, per in ((d, 1.0), ((d, den), 0.5)):
-        ps = [torch.ones(3, dtype=dtype), torch.ones(2, dtype=dtype)]
-        axpy_(ps, direction, [scale, 0.0])
-        want = torch.ones(3, dtype=dtype) - (d[0].double() * scale * per).to(dtype)
-        assert torch.equal(ps[0], want) and torch.equal(ps[1], torch.ones(2, dtype=dtype))
+    # a scale that does not fit the scalar type of the fused op (a normalised step along a tiny
+    # direction) made it raise; such a move is computed in float64, then rounded to the dtype.
+    # Scales the fused op takes stay on it (bitwise as before): _foreach_add_'s alpha is converted
+    # to the parameter's dtype, addcdiv's value and mul's scalars to float32 for the half types
+    d = torch.full((3,), 1.0 / scale, dtype=torch.float64).to(dtype)
+    den = torch.full((3,), 2.0, dtype=dtype)
+    ones = lambda: [torch.ones(3, dtype=dtype)]
+    wide = lambda per: torch.ones(3, dtype=dtype) - (d.double() * scale * per).to(dtype)
+    f32_max = torch.finfo(torch.float32).max
+    # plain direction, one scale: alpha in the parameter's dtype
+    ps = ones()
+    axpy_(ps, [d], scale)
+    assert torch.equal(ps[0], wide(1.0)) and abs(float(ps[0][0])) < 1.0  # a step of ordinary size
+    # (num, den) direction, one scale and per-tensor scales: float32 scalars
+    for s in (scale, [scale, 0.0]):
+        ps = ones() + [torch.ones(2, dtype=dtype)]
+        axpy_(ps, ([d, torch.ones(2, dtype=dtype)], [den, torch.ones(2, dtype=dtype)]), s)
+        if scale > f32_max:
+            assert torch.equal(ps[0], wide(0.5))
+        else:
+            fused = ones()
+            torch._foreach_addcdiv_(fused, [d], [den], value=-scale)
+            assert torch.equal(ps[0], fused[0])
+        assert torch.equal(ps[1], torch.ones(2, dtype=dtype) - (0.0 if isinstance(s, list) else scale))
+    # plain direction, per-tensor scales (a NaN first must not hide the large one)
+    ps = [torch.ones(3, dtype=dtype), torch.ones(3, dtype=dtype)]
+    axpy_(ps, [d, d], [float("nan"), scale])
+    assert torch.isnan(ps[0]).all()
+    if scale > f32_max:
+        assert torch.equal(ps[1], wide(1.0))
+    else:
+        fused = ones()
+        torch._foreach_add_(fused, torch._foreach_mul([d], [-scale]))
+        assert torch.equal(ps[1], fused[0])
     # a Line's move goes through the same path
     ps = [nn.Parameter(torch.ones(3, dtype=dtype))]
-    line = Line([ps], [[d[0]]])
+    line = Line([ps], [[d]])
     line.move([scale])
-    assert torch.equal(ps[0].detach(), torch.ones(3, dtype=dtype) - (d[0].double() * scale).to(dtype))
-    assert abs(float(ps[0][0])) < 1.0  # a step of ordinary size
+    assert torch.equal(ps[0].detach(), wide(1.0))
     line.restore()
     assert torch.equal(ps[0].detach(), torch.ones(3, dtype=dtype))
 

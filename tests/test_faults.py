@@ -755,9 +755,38 @@ def test_float16_parameters_get_the_float16_reason_and_train_with_a_larger_eps(n
         if eps == 1e-8:
             assert opt.skipped_steps == 25 and len(notes) == 1
             assert "float16" in notes[0] and "torch.autocast" in notes[0] and "eps=1e-4" in notes[0]
+            assert "eps=1e-08 is below" in notes[0]
             assert "rescale" not in notes[0]
         else:
             assert opt.skipped_steps == 0 and not notes and losses[-1] < 0.8 * losses[0]
+    # float16 gradients too large for (1 - beta2) g^2 (|g| above ~8e3): the same reason, any eps
+    seed_cpu(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3)).half()
+    opt = make(model.parameters(), eps=1e-4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        opt.step(lambda: nn.functional.cross_entropy(model(x).float(), y) * 1e5)
+    notes = [str(w.message) for w in caught if "moved nothing" in str(w.message)]
+    assert opt.skipped_steps == 1 and len(notes) == 1 and "inf above ~8e3" in notes[0]
+    assert "eps=0.0001" not in notes[0] and "torch.autocast" in notes[0]
+
+
+
+def test_the_float16_note_needs_float16_moments_that_are_finite_in_float32():
+    from autostep.optim._adam import AdamMoments
+    from autostep.optim._armijo import _half_note
+    from autostep.optim._armijo_plan import Plan
+
+    def plan(dtype, g):
+        p = torch.ones(4, dtype=dtype)
+        mo = AdamMoments({}, [p], [torch.full((4,), g, dtype=dtype)], (0.9, 0.999), 1e-8)
+        return Plan(search=[], moments=[mo])
+
+    assert "eps=1e-08 is below" in _half_note(plan(torch.float16, 1e-3))  # v underflows: finite in fp32
+    assert _half_note(plan(torch.float32, 1e-3)) is None  # not float16
+    assert _half_note(plan(torch.bfloat16, 1e-3)) is None
+    assert _half_note(plan(torch.float16, float("inf"))) is None  # not finite in float32 either
+    assert _half_note(Plan(search=[])) is None and _half_note(None) is None  # no Adam moments
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if n.startswith(("PAL", "LABPAL"))])

@@ -593,6 +593,25 @@ def test_cpu_scalars_multiply_and_divide_bitwise_like_python_floats():
     assert scalar_dtype([]) is None and cpu_scalar(0.5, None) == 0.5
 
 
+def test_cpu_scalars_stay_on_the_cpu_under_another_default_device():
+    # the cached 0-d tensors were made on the default device: a CPU model stepped under
+    # torch.set_default_device("meta") (or "cuda") raised, and kept raising from the cache
+    from autostep.optim import _adam
+    _adam._SCALARS.clear()
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.randn(5))
+    opt = autostep.SALSA([w])
+    torch.set_default_device("meta")
+    try:
+        for _ in range(3):
+            opt.step(lambda: ((w - 1.0) ** 2).sum())
+    finally:
+        torch.set_default_device(None)  # (None: no default-device mode, as before)
+    assert all(t.device.type == "cpu" for t in _adam._SCALARS.values()) and _adam._SCALARS
+    opt.step(lambda: ((w - 1.0) ** 2).sum())
+    assert opt.steps == 4 and torch.isfinite(w).all()
+
+
 def test_flat_buffer_views_are_contiguous_slices_of_one_buffer():
     from autostep._line import flat_buffer
     ts = [torch.zeros(3, 4), torch.zeros(()), torch.zeros(0, 5), torch.zeros(2, 1, 3),

@@ -87,8 +87,10 @@ def axpy_(params: Sequence[torch.Tensor], d: Direction, s) -> None:
         s, per_tensor = s[0], False
     if not per_tensor and s == 0:
         return
-    if (_beyond_dtype(params, s) if per_tensor
-            else abs(s) > _HALF_MAX and _beyond_dtype(params, [s])):
+    # a finite scale beyond what the fused op converts it to (see _beyond_dtype): in float64
+    alpha = not per_tensor and not isinstance(d, tuple)  # the one op that takes the param dtype
+    big = abs(float(s)) if not per_tensor else _largest(s)
+    if big > (_HALF_MAX if alpha else _F32_MAX) and _beyond_dtype(params, big, alpha):
         _axpy_wide_(params, d, s if per_tensor else [s] * len(params))
         return
     if isinstance(d, tuple):
@@ -103,21 +105,35 @@ def axpy_(params: Sequence[torch.Tensor], d: Direction, s) -> None:
         torch._foreach_add_(params, locals_(d), alpha=-float(s))
 
 
-#: the largest finite float16 value: a step scale below it converts to every float dtype
+#: the largest finite float16 / float32 values: below them every scale converts (see _beyond_dtype)
 _HALF_MAX = 65504.0
+_F32_MAX = float(torch.finfo(torch.float32).max)
 
 
-def _beyond_dtype(params: Sequence[torch.Tensor], scales: Sequence[float]) -> bool:
-    """Whether a finite scale is too large for some parameter's dtype: the fused ops take it as a
-    scalar of that dtype and would raise ("value cannot be converted ... without overflow").
+def _largest(scales: Sequence[float]) -> float:
+    """The largest ``|scale|``; a NaN does not hide a large scale behind it (``max`` keeps a NaN
+    that comes first)."""
+    big = max(map(abs, scales))
+    if big != big:
+        big = max((a for a in map(abs, scales) if a == a), default=0.0)
+    return float(big)
+
+
+def _beyond_dtype(params: Sequence[torch.Tensor], big: float, alpha: bool) -> bool:
+    """Whether the finite scale ``big`` is too large for the fused op that would apply it: the
+    foreach ops take the scale as a scalar and raise ("value cannot be converted ... without
+    overflow") -- ``_foreach_add_(..., alpha=)`` in the parameter's dtype (``alpha``), the
+    ``addcdiv`` and ``mul`` paths in its compute type (float32 for the half types, float64 for
+    float64), where a per-tensor ``mul`` gives inf instead of raising.
 
     Scales that large come from normalised directions with tiny norms (``step / ||d||`` for a
     gradient of 1e-40 in float32, or of 1e-5 in float16: PAL, LABPAL); the products
-    ``scale * d`` are of ordinary size.  Checked with one comparison in the ordinary case."""
-    big = max(abs(float(x)) for x in scales)
-    if not big > _HALF_MAX or big == float("inf"):
+    ``scale * d`` are of ordinary size.  The caller compares ``big`` with one constant first."""
+    if big == float("inf"):
         return False
-    return big > min(torch.finfo(p.dtype).max for p in params if p.is_floating_point())
+    limits = [torch.finfo(p.dtype if alpha or p.dtype == torch.float64 else torch.float32).max
+              for p in params if p.is_floating_point()]
+    return bool(limits) and big > min(limits)
 
 
 @no_grad

@@ -98,7 +98,8 @@ def cpu_scalar(value: float, dtype):
     if t is None:
         if len(_SCALARS) > 256:  # (constants only are expected; keep the cache small regardless)
             _SCALARS.clear()
-        t = _SCALARS[key] = torch.tensor(value, dtype=dtype)
+        # (on the CPU whatever torch.set_default_device says: the tensors multiplied are CPU ones)
+        t = _SCALARS[key] = torch.tensor(value, dtype=dtype, device="cpu")
     return t
 
 

@@ -246,7 +246,7 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
             elif not all(math.isfinite(si) for si in s):
                 # finite gradients whose decrease term overflows: an extreme loss scale, or Adam
                 # denominators of float16 parameters that are 0 (g^2 and eps underflow)
-                scale_note = _half_note(segs) or "the first-order decrease <g, d> overflows the float range"
+                scale_note = _half_note(plan) or "the first-order decrease <g, d> overflows the float range"
                 info["skipped"] = "decrease term overflow"
                 ls["skipped"] += 1
                 plan.commit()
@@ -341,18 +341,30 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
 
 #: why an Adam-direction step of float16 parameters is skipped (issue 13: it named a loss scale)
 HALF_NOTE = (
-    "the first-order decrease <g, d> is not finite for float16 parameters: in float16 Adam's "
-    "second moment g^2 underflows to 0 for |g| below ~2.4e-4 and eps={eps:g} is below float16's "
-    "smallest normal number (6.1e-05): the denominators are 0"
+    "the first-order decrease <g, d> is not finite in float16 arithmetic but is in float32: "
+    "float16's range is too narrow for Adam's second moment (1 - beta2) g^2 (with beta2=0.999 it "
+    "is 0 for |g| below ~5e-3 and inf above ~8e3){eps_clause}"
 )
 
 
-def _half_note(segs: list) -> str | None:
-    """:data:`HALF_NOTE` when a segment of float16 parameters has an Adam direction whose ``eps``
-    float16 cannot hold as a normal number, else ``None``."""
-    for sg in segs:
-        g = sg.group
-        if ("eps" in g and g.get("direction", "adam") == "adam" and g["eps"] < 6.1e-5
-                and any(p.dtype == torch.float16 for p in sg.params)):
-            return HALF_NOTE.format(eps=g["eps"])
-    return None
+def _half_note(plan) -> str | None:
+    """:data:`HALF_NOTE` when the plan's Adam moments are float16 and the decrease terms that were
+    not finite are finite when recomputed in float32 (``sum g^2 / denom``; the float16 range is
+    the cause, not the loss scale), else ``None``.  Runs only for a step that is being skipped."""
+    halves = [mo for mo in (plan.moments if plan is not None else [])
+              if mo.params and any(v.dtype == torch.float16 for v in mo.vs)]
+    if not halves:
+        return None
+    for mo in halves:
+        total = 0.0
+        for v, g, k in zip(mo.vs, mo.grads, mo.steps):
+            g32 = g.float()
+            v_new = v.float() * mo.b2 + (1.0 - mo.b2) * g32 * g32
+            den = (v_new / (1.0 - mo.b2 ** k)).sqrt() + mo.eps
+            total += float((g32 * g32 / den).sum())
+        if not math.isfinite(total):
+            return None  # not finite in float32 either: an extreme loss scale
+    eps = halves[0].eps
+    clause = (f", and eps={eps:g} is below its smallest normal number 6.1e-05" if eps < 6.1e-5
+              else "")
+    return HALF_NOTE.format(eps_clause=clause)

@@ -219,7 +219,8 @@ class AutostepOptimizer(ClipAndDecay, CheckpointMixin, Optimizer):
         seen.add(why)
         if "float16" in why:  # (the Adam-direction note of float16 parameters, _armijo.HALF_NOTE)
             advice = (" Keep the parameters in float32 and run the model under torch.autocast "
-                      "(mixed precision), or pass eps=1e-4 or more.")
+                      "(mixed precision); with float16 parameters pass eps=1e-4 or more and keep "
+                      "the gradients' scale moderate.")
         else:
             advice = (" If the loss is scaled far from 1 (float32 squares overflow for |g| above "
                       "~1e19 and underflow below ~1e-19), rescale it, e.g. divide it by its "
