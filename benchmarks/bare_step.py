@@ -41,6 +41,22 @@ from autostep.bench.tasks import digits_mlp, fmnist_mlp, load_fashion_mnist
 from autostep.distributed import Reducer
 
 
+def first_evaluation(opt, closure):
+    """Loss and gradients at the start point: through autostep's evaluator (``opt.evaluator``,
+    the start loss left on the device for ``read_start``) or as a plain loop would.  Returns
+    ``(evaluator or None, loss)``."""
+    ps = opt.ps
+    if opt.evaluator:
+        ev = ClosureEvaluator(closure, ps, opt.reducer, buffers=model_buffers(opt, ps), owner=opt)
+        return ev, ev.first(read=False)
+    for p in ps:
+        p.grad = None
+    with torch.enable_grad():
+        loss = closure()
+        loss.backward()
+    return None, loss
+
+
 class BareSALSA:
     """SALSA's arithmetic in straight-line eager code (see the module docstring)."""
 
@@ -58,15 +74,7 @@ class BareSALSA:
     @torch.no_grad()
     def step(self, closure):
         ps, k = self.ps, self.k + 1
-        if self.evaluator:
-            ev = ClosureEvaluator(closure, ps, self.reducer, buffers=model_buffers(self, ps), owner=self)
-            loss = ev.first(read=False)
-        else:
-            for p in ps:
-                p.grad = None
-            with torch.enable_grad():
-                loss = closure()
-                loss.backward()
+        ev, loss = first_evaluation(self, closure)
         gs = [p.grad for p in ps]
         # w0's buffer: scratch for g / denom first
         flat = torch.empty(sum(p.numel() for p in ps), dtype=ps[0].dtype)
@@ -123,15 +131,7 @@ class BareNSGD:
     @torch.no_grad()
     def step(self, closure):
         ps = self.ps
-        if self.evaluator:
-            ev = ClosureEvaluator(closure, ps, self.reducer, buffers=model_buffers(self, ps), owner=self)
-            loss = ev.first(read=False)
-        else:
-            for p in ps:
-                p.grad = None
-            with torch.enable_grad():
-                loss = closure()
-                loss.backward()
+        ev, loss = first_evaluation(self, closure)
         gs = [p.grad for p in ps]
         sq = torch.stack(torch._foreach_norm(gs)).double().pow(2).sum()
         if self.evaluator:
