@@ -170,6 +170,7 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
                       "skipped": None}
         line: Line | None = None
         scale_note: str | None = None  # why nothing moved, when an extreme loss scale is the cause
+        scale_advice: str | None = None  # what to do about it, when not the loss-scale advice
         try:
             # forward + backward; the start loss stays on the device until the one read below
             loss = ev.first(read=False)
@@ -246,7 +247,9 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
             elif not all(math.isfinite(si) for si in s):
                 # finite gradients whose decrease term overflows: an extreme loss scale, or Adam
                 # denominators of float16 parameters that are 0 (g^2 and eps underflow)
-                scale_note = _half_note(plan) or "the first-order decrease <g, d> overflows the float range"
+                half = _half_note(plan)
+                scale_note = half or "the first-order decrease <g, d> overflows the float range"
+                scale_advice = HALF_ADVICE if half else None
                 info["skipped"] = "decrease term overflow"
                 ls["skipped"] += 1
                 plan.commit()
@@ -335,7 +338,7 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
         self.last_step = info
         if scale_note is not None:
             info["scale"] = scale_note
-            self._warn_scale(scale_note)
+            self._warn_scale(scale_note, scale_advice)
         return loss
 
 
@@ -345,6 +348,10 @@ HALF_NOTE = (
     "float16's range is too narrow for Adam's second moment (1 - beta2) g^2 (with beta2=0.999 it "
     "is 0 for |g| below ~5e-3 and inf above ~8e3){eps_clause}"
 )
+#: what to do about it (the warning's advice in place of the loss-scale one)
+HALF_ADVICE = ("Keep the parameters in float32 and run the model under torch.autocast (mixed "
+               "precision); with float16 parameters pass eps=1e-4 or more and keep the gradients' "
+               "scale moderate.")
 
 
 def _half_note(plan) -> str | None:

@@ -35,6 +35,11 @@ from ._state import OPTIONAL_LS, STATE_KEY, StepUndo, ls_property
 __all__ = ["AutostepOptimizer", "StepUndo", "STATE_KEY"]
 
 
+#: what :meth:`AutostepOptimizer._warn_scale` advises by default
+SCALE_ADVICE = ("If the loss is scaled far from 1 (float32 squares overflow for |g| above ~1e19 and "
+                "underflow below ~1e-19), rescale it, e.g. divide it by its typical value.")
+
+
 class AutostepOptimizer(ClipAndDecay, CheckpointMixin, Optimizer):
     """Base class: subclasses implement ``_validate_group``, ``_init_state`` and ``step``."""
 
@@ -210,23 +215,17 @@ class AutostepOptimizer(ClipAndDecay, CheckpointMixin, Optimizer):
         )
         return loss
 
-    def _warn_scale(self, why: str) -> None:
+    def _warn_scale(self, why: str, advice: str | None = None) -> None:
         """Say why a step moved nothing when the loss scale is extreme (issue 11 item 9); once per
-        optimizer and reason (``last_step["scale"]`` says it every time)."""
+        optimizer and reason (``last_step["scale"]`` says it every time).  ``advice``: what to do,
+        when it is not the loss-scale advice (:data:`SCALE_ADVICE`)."""
         seen = self.__dict__.setdefault("_scale_warned", set())
         if why in seen:
             return
         seen.add(why)
-        if "float16" in why:  # (the Adam-direction note of float16 parameters, _armijo.HALF_NOTE)
-            advice = (" Keep the parameters in float32 and run the model under torch.autocast "
-                      "(mixed precision); with float16 parameters pass eps=1e-4 or more and keep "
-                      "the gradients' scale moderate.")
-        else:
-            advice = (" If the loss is scaled far from 1 (float32 squares overflow for |g| above "
-                      "~1e19 and underflow below ~1e-19), rescale it, e.g. divide it by its "
-                      "typical value.")
+        advice = SCALE_ADVICE if advice is None else advice
         warnings.warn(
-            f"{type(self).__name__}.step: {why}, so the step moved nothing.{advice}",
+            f"{type(self).__name__}.step: {why}, so the step moved nothing. {advice}",
             RuntimeWarning,
             stacklevel=4,
         )
