@@ -818,6 +818,20 @@ def test_scale_safe_norm_and_dot():
     assert math.isnan(sq_norm_float([torch.tensor([math.nan, 1.0])]))
 
 
+@pytest.mark.parametrize("others", [[], [torch.float32], [torch.float64]])
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_squared_norms_of_16_bit_tensors_are_float32_accurate(half, others):
+    # a 16-bit norm keeps 8 (bfloat16) or 11 (float16) bits; the squared norms that LABPAL's
+    # NSGD step, SLS's decrease term and max_grad_norm use are now accumulated in float32
+    from autostep.optim._reductions import sq_norms
+    torch.manual_seed(0)
+    xs = [(torch.rand(1000) * 1e-3).to(half)] + [torch.rand(7).to(dt) for dt in others]
+    exact = sum(float((x.double() ** 2).sum()) for x in xs)
+    got = float(sq_norms(xs))
+    assert got == pytest.approx(exact, rel=1e-6)
+    assert float(sq_norms(xs, weights=[0.5] * len(xs))) == pytest.approx(exact / 2, rel=1e-6)
+
+
 def test_fault_table_is_large_enough():
     assert len(FAULTS) >= 40, len(FAULTS)
     assert len(set(FAULTS)) == len(FAULTS)
