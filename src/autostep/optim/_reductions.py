@@ -11,7 +11,7 @@ import torch
 
 from ..distributed import locals_
 
-__all__ = ["dots", "sq_norms", "sq_norm_float", "dot_float", "all_zero"]
+__all__ = ["dots", "norms_of", "sq_norms", "sq_norm_float", "dot_float", "all_zero"]
 
 
 def _as_float64(parts: list) -> torch.Tensor:
@@ -48,11 +48,11 @@ def dots(xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor],
     return _weighted(parts, weights)
 
 
-#: 16-bit float types: their norms are accumulated and returned in float32 (see :func:`_norms`)
+#: 16-bit float types: their norms are accumulated and returned in float32 (see :func:`norms_of`)
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def _norms(xs: list) -> list:
+def norms_of(xs: list) -> list:
     """The 2-norms of ``xs`` (one fused call): in their own dtype, except that float16 and
     bfloat16 tensors get float32 norms.  A norm returned in a 16-bit type keeps 8 (bfloat16) or
     11 (float16) bits and is denormal below 6e-5 in float16: LABPAL's NSGD step ``s / ||d||``
@@ -69,7 +69,7 @@ def sq_norms(xs: Sequence[torch.Tensor], weights: Sequence[float] | None = None)
     """``sum_i w_i ||x_i||^2`` as a 0-d float64 tensor (local shards, weights as :func:`dots`)."""
     if not xs:
         return torch.zeros((), dtype=torch.float64)
-    norms = _norms(locals_(xs))
+    norms = norms_of(locals_(xs))
     if weights is None:
         return _as_float64(norms).pow(2).sum()
     return _weighted([n.double().pow(2) for n in norms], weights)
