@@ -273,14 +273,16 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
                     if plain is not None:
                         grads = [p.grad for ps in plain for p in ps]
                         weights = self.reducer.weights([p for ps in plain for p in ps])
-                    if plain is not None and weights is None:
+                    if plain is not None and weights is None and not self.reducer.active:
                         # the update's ||d||^2 (d = the gradient) doubles as the finiteness hint:
                         # the per-tensor norms are read with the loss, then squared and summed
-                        # in float64 here: three small device ops fewer (issue 13)
+                        # in float64 here: three small device ops fewer (issue 13).  (Across
+                        # ranks one scalar is averaged, as below: the number of gradients with a
+                        # value need not agree between ranks.)
                         norms = ev.read_start(torch.stack(norms_of(locals_(grads))), trials=False)
                         read = sum(n * n for n in norms)
                     else:
-                        if plain is not None:  # sharded parameters: weighted local sums
+                        if plain is not None:  # weighted local sums when sharded
                             hint = sq_norms(grads, weights)
                         else:
                             hint = V.finite_hint([p.grad for p in ev.params
