@@ -2,6 +2,7 @@
 (issue 10 item 3)."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -85,6 +86,39 @@ def test_labpal_weight_decay():
     assert lr > 0
     for p, w in zip(m1.parameters(), w0):
         assert torch.allclose(p, w * (1 - lr * 0.2) - lr * p.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("cls,kw", [(LABPAL, {"mode": "nsgd", "approx_batches": 1}),
+                                    (autostep.PAL, {}), (autostep.SLS, {"lr": 10.0, "max_lr": 1e3})])
+def test_a_decay_that_flips_the_weights_warns_once_with_the_numbers(cls, kw):
+    # the step sizes of the searches along the raw gradient are SGD-scale and grow as the gradient
+    # shrinks: AdamW's weight_decay=0.1 reached lr * weight_decay > 1 within 16-25 steps on the
+    # digits MLP (weights flipped, loss back at chance) and nothing said why
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.ones(10))
+    opt = cls([w], weight_decay=0.5, **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(12):
+            opt.step(lambda: 1e-3 * ((w - 2.0) ** 2).sum())
+    flips = [c for c in caught if "zeroes or flips" in str(c.message)]
+    assert len(flips) == 1, [str(c.message) for c in caught]
+    msg = str(flips[0].message)
+    assert "weight_decay = 0.5" in msg and "SGD-scale" in msg
+    assert flips[0].filename == __file__  # points at the caller's step(), not at autostep
+
+
+@pytest.mark.parametrize("cls,kw", [(LABPAL, {"mode": "nsgd", "approx_batches": 1}),
+                                    (autostep.PAL, {})])
+def test_an_ordinary_decay_does_not_warn(cls, kw):
+    torch.manual_seed(0)
+    w = nn.Parameter(torch.ones(10))
+    opt = cls([w], weight_decay=1e-4, **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(12):
+            opt.step(lambda: ((w - 2.0) ** 2).sum())
+    assert not [c for c in caught if "zeroes or flips" in str(c.message)]
 
 
 @pytest.mark.parametrize("name", sorted(ONE_STEP))

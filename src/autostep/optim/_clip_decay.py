@@ -5,6 +5,10 @@ coefficient of the global gradient norm, on the host or left on the device) and 
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 import torch
 
 from .. import _validate as V
@@ -24,6 +28,21 @@ def _coef_from_sq(sq: torch.Tensor, mx: float) -> torch.Tensor:
     # a true division (``mx / tensor`` would multiply by the reciprocal: one rounding more)
     return torch.where(torch.isfinite(norm) & (norm > mx),
                        torch.div(torch.full_like(norm, mx), norm + 1e-6), torch.ones_like(norm))
+
+
+#: frames in these folders are autostep's or torch's, not the caller's (see :func:`_outside_level`)
+_INTERNAL = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
+             os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
+
+
+def _outside_level() -> int:
+    """``stacklevel`` for a warning raised by this function's caller that points at the first
+    frame outside autostep and torch (the user's ``step()`` call, however deep the step's helpers
+    and torch's wrappers nest)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 class ClipAndDecay:
@@ -81,6 +100,25 @@ class ClipAndDecay:
         sq = sq_norms(grads, weights)
         return _coef_from_sq(sq, mx), sq
 
+    def _warn_decay(self, lr: float, wd: float) -> None:
+        """Once per optimizer: the decay factor ``1 - lr * weight_decay`` is <= 0, so this step
+        zeroes or flips the weights.  The step sizes are the optimizer's own, so the user cannot
+        foresee it: with the searches along the raw gradient (SLS, PAL, LABPAL, ``direction="sgd"``)
+        they are SGD-scale (1-1000 near a minimum, where ``||g||`` is small), and AdamW's usual
+        ``weight_decay`` of 0.01-0.1 gets there within a few dozen steps."""
+        if self.__dict__.get("_decay_warned"):
+            return
+        self.__dict__["_decay_warned"] = True
+        warnings.warn(
+            f"{type(self).__name__}.step: decoupled weight decay took lr * weight_decay = "
+            f"{lr * wd:.3g} times the weights off them (lr = {lr:.3g}, the step size this step "
+            f"took, weight_decay = {wd:g}): it zeroes or flips them, and training will not "
+            "recover. Use weight_decay below 1 / lr; where the step multiplies the raw gradient "
+            "(SLS, PAL, LABPAL, direction='sgd') lr is SGD-scale and grows as the gradient "
+            "shrinks, so take SGD-scale values (1e-4 to 5e-4), not AdamW's 0.01-0.1. "
+            "(Warned once per optimizer.)",
+            RuntimeWarning, stacklevel=_outside_level())
+
     @no_grad
     def _decay(self, params_per_seg: list, w0s: list | None = None) -> None:
         """Decoupled weight decay, as AdamW: ``w <- w - lr * weight_decay * w0`` per segment.
@@ -93,6 +131,8 @@ class ClipAndDecay:
         for j, (ps, wd, lr) in enumerate(params_per_seg):
             if not wd or not ps or not lr:
                 continue
+            if lr * wd >= 1.0:
+                self._warn_decay(lr, wd)
             if w0s is None:
                 torch._foreach_mul_(ps, 1.0 - lr * wd)
             else:
