@@ -46,6 +46,44 @@ def test_torch_style_closure_takes_the_same_steps_without_trial_backwards(name):
     assert o2.forwards == o1.forwards
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_a_loss_only_closure_runs_without_the_previous_steps_gradient(name):
+    """The optimizer's own gradients of the previous step are released before the forward, as
+    ``zero_grad(set_to_none=True)`` would: they no longer sit beside the activations and the new
+    gradients (they were kept for a failed step to put back: one gradient of memory at the
+    backward's peak).  Gradients of a backward outside ``step()`` are the step's and stay."""
+    import gc
+    import weakref
+    data = make_data()
+    model = make_model(dropout=0.2, bn=True)
+    opt = CASES[name](model.parameters())
+    it = batches(*data, 6, seed=2)
+    alive = []
+    for xb, yb in it:
+        refs = [weakref.ref(p.grad) for p in model.parameters() if p.grad is not None]
+        if getattr(opt, "phase", "train") != "train":
+            # a LABPAL approximation call measures without a backward: its first evaluation sets
+            # the gradients aside and puts them back (no new gradients are made beside them)
+            refs = []
+
+        def closure(xb=xb, yb=yb, refs=refs, first=[True]):
+            if first[0]:  # the first evaluation of the step
+                first[0] = False
+                gc.collect()
+                alive.append(sum(r() is not None for r in refs))
+            return nn.functional.cross_entropy(model(xb), yb)
+        opt.step(closure)
+    assert len(alive) == 6 and alive[0] == 0
+    assert alive[1:] == [0] * (len(alive) - 1), alive
+    # a backward of the user's own before step(): those gradients are the step's, kept
+    xb, yb = next(iter(batches(*data, 1, seed=3)))
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(xb), yb).backward()
+    mine = [(p.grad, p.grad.clone()) for p in model.parameters()]
+    opt.step(lambda: nn.functional.cross_entropy(model(xb), yb))
+    assert all(p.grad is g and torch.equal(g, v) for p, (g, v) in zip(model.parameters(), mine))
+
+
 def test_torch_style_trials_skip_backward_and_keep_grads():
     w = nn.Parameter(torch.tensor([1.0, 2.0]))
     calls = []

@@ -109,9 +109,17 @@ class ClosureEvaluator:
         what is needed to undo the evaluation until then.
         """
         self._rng_before = RNGSnapshot()
-        before = grad_fingerprint(self.params)
         self._prev_own = getattr(self.owner, OWN_GRADS, None)
         given = with_grad and (self.force_given or foreign_grads(self.owner, self.params))
+        if with_grad and not given and self._prev_own:
+            # what is in .grad is the optimizer's own backward of the previous step (a loss-only
+            # closure), unchanged since (not foreign): released before the forward, as
+            # zero_grad(set_to_none=True) would, so it does not sit beside this step's
+            # activations and new gradients (one gradient of memory at the backward's peak).  A
+            # step that fails leaves .grad None there; the next step would replace it anyway.
+            for p in self.params:
+                p.grad = None
+        before = grad_fingerprint(self.params)
         if self.force_given:
             with_grad = False  # a bound closure only evaluates the loss: no graph
         rec = Recorder(self.params, skip=not with_grad)
@@ -246,7 +254,9 @@ class ClosureEvaluator:
         """Evaluate the closure with grad enabled; back-propagate unless the closure did.
 
         With a loss-only closure the old gradients are cleared (set to ``None``) before the
-        optimizer's ``backward()``; a torch-style closure's gradients are used as it left them.  If
+        optimizer's ``backward()`` -- the optimizer's own of its previous step already before the
+        forward (:meth:`_start`), so they are not alive beside the activations; a torch-style
+        closure's gradients are used as it left them.  If
         the loss is not finite, buffers, generators and gradients are restored and
         :class:`NonFiniteLossError` is raised: the step changes nothing.
 
@@ -256,9 +266,10 @@ class ClosureEvaluator:
         loss = self._start(with_grad=True, read=read)
         if not self.torch_style and not self.given and not read:
             # a non-finite start loss found by read_start() leaves .grad cleared (None), not the
-            # old gradients.  (They stay alive through the backward all the same: ``_before``
-            # keeps them for abort(), which puts .grad back when the step raises -- one gradient
-            # of memory at the backward's peak; see the README's memory caveat.)
+            # old gradients.  (The optimizer's own old gradients were released before the
+            # forward; others -- set by hand between steps of a loss-only closure, which then
+            # are not "given" because they are all zero -- stay alive through the backward:
+            # ``_before`` keeps them for abort(), which puts .grad back when the step raises.)
             before, rec = self._undo
             self._undo = ([(None, v) for _, v in before], rec)
         if not self.torch_style and not self.given:

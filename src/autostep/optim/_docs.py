@@ -20,7 +20,9 @@ ARMIJO_DOC = """
         as they were; it counts in ``skipped_steps`` and ``nonfinite_steps`` and warns.  A step
         that raises (an exception or ``KeyboardInterrupt`` in the closure, a broken closure
         contract) leaves the optimizer, ``.grad``, module buffers and the random generators exactly
-        as before the call, so retrying it continues bit-for-bit.  A NaN/inf/non-positive ``lr``
+        as before the call, so retrying it continues bit-for-bit -- except that with a loss-only
+        closure the optimizer's own gradients of its previous step are released before the forward
+        (one gradient of memory), so a failed step leaves ``.grad`` ``None`` there.  A NaN/inf/non-positive ``lr``
         written between steps is refused at the next step.  A zero search direction costs no trial
         forward.
 
