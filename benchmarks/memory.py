@@ -5,12 +5,11 @@ Memory: glibc's ``mallinfo2()`` (bytes in use: ``uordblks + hblkhd``; torch's CP
 takes its tensors from malloc) is sampled before and after every aten op the step dispatches
 (a ``TorchDispatchMode``), so the peak of live bytes inside ``step()`` is seen at the op that
 reaches it.  The model is the Fashion-MNIST MLP architecture (784-256-128-10, 235k parameters)
-on random batches of 4 rows, so activations are ~2 % of the parameters; ``.grad`` is allocated
-before the measured step.  Printed per method, in units of the parameters' bytes: the persistent
-state (tensors in ``optimizer.state``), the transient peak (peak live bytes inside ``step()``
-minus those before it), the part of it that is the ``.grad`` tensors the step's backward
-allocated anew (autostep's evaluator clears ``.grad`` before it), and the optimizer's peak
-``state + transient - .grad``.  SGD-direction SLS, whose only
+on random batches of 4 rows, so activations are ~2 % of the parameters; ``.grad`` is ``None``
+before the measured step (``zero_grad(set_to_none=True)``).  Printed per method, in units of the
+parameters' bytes: the persistent state (tensors in ``optimizer.state``), the transient peak (peak
+live bytes inside ``step()`` minus those before it), the part of it that is the ``.grad`` tensors
+the step's backward allocated, and the optimizer's peak ``state + transient - .grad``.  SGD-direction SLS, whose only
 transient buffer is ``w0``, calibrates the method (expect ~1.0 transient).
 
 Time: methods interleaved in blocks of steps on one torch thread (CPU time per step, median of
@@ -96,13 +95,15 @@ def measure_peak(name: str, steps: int = 4) -> tuple[float, float]:
     peaks = []
     for x, y in batches(steps, 4):
         closure = lambda: nn.functional.cross_entropy(net(x), y)  # noqa: E731
-        old = [None if p.grad is None else p.grad.data_ptr() for p in net.parameters()]
+        # no gradient before the step (as after zero_grad(set_to_none=True); a loss-only step
+        # releases the optimizer's own previous ones itself before its forward), so every
+        # gradient after it was allocated inside it
+        opt.zero_grad(set_to_none=True)
         before = live_bytes()
         with PeakMode() as pm:
             opt.step(closure)
-        # gradients the step allocated anew (the evaluator clears .grad before its backward)
-        fresh = sum(p.grad.numel() * p.grad.element_size() for p, o in zip(net.parameters(), old)
-                    if p.grad is not None and p.grad.data_ptr() != o)
+        fresh = sum(p.grad.numel() * p.grad.element_size() for p in net.parameters()
+                    if p.grad is not None)
         peaks.append((pm.peak - before, fresh))
     # the first step also creates the state; the later ones show the steady transient peak
     tr, grads = max(peaks[1:])
