@@ -84,6 +84,27 @@ def test_a_loss_only_closure_runs_without_the_previous_steps_gradient(name):
     assert all(p.grad is g and torch.equal(g, v) for p, (g, v) in zip(model.parameters(), mine))
 
 
+@pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("LABPAL")])
+def test_a_loss_only_step_after_a_torch_style_step_uses_its_own_batch(name):
+    """The gradients a torch-style closure left in the previous step are not "given" gradients
+    (computed outside step()) for a loss-only closure that follows: it back-propagates its own
+    batch.  They were taken as the step's gradient: the previous batch's, with this batch's loss."""
+    data = make_data()
+    model = make_model(dropout=0.0, bn=False)
+    opt = CASES[name](model.parameters())
+    (x0, y0), (x1, y1) = list(batches(*data, 2, seed=2))
+
+    def torch_style():
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x0), y0)
+        loss.backward()
+        return loss
+    opt.step(torch_style)
+    before = opt.backwards
+    opt.step(lambda: nn.functional.cross_entropy(model(x1), y1))
+    assert opt.backwards == before + 1  # (LABPAL's calls are excluded: some measure, no backward)
+
+
 def test_torch_style_trials_skip_backward_and_keep_grads():
     w = nn.Parameter(torch.tensor([1.0, 2.0]))
     calls = []

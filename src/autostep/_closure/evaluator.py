@@ -24,7 +24,7 @@ from .backward import Recorder, install_backward_wrapper, recording
 from .buffers import ModelBuffers, restore_items
 from .contract import ClosureError, NonFiniteLossError, CLOSURE_CONTRACT, check_closure, check_loss
 from .grads import (OWN_GRADS, any_nonzero_grad, foreign_grads, grad_fingerprint, note_own_grads,
-                    replaced, set_own_grads)
+                    own_backward, replaced, set_own_grads)
 from .._snapshot import RNGSnapshot
 
 __all__ = ["ClosureEvaluator"]
@@ -111,7 +111,7 @@ class ClosureEvaluator:
         self._rng_before = RNGSnapshot()
         self._prev_own = getattr(self.owner, OWN_GRADS, None)
         given = with_grad and (self.force_given or foreign_grads(self.owner, self.params))
-        if with_grad and not given and self._prev_own:
+        if with_grad and not given and own_backward(self._prev_own):
             # what is in .grad is the optimizer's own backward of the previous step (a loss-only
             # closure), unchanged since (not foreign): released before the forward, as
             # zero_grad(set_to_none=True) would, so it does not sit beside this step's
@@ -279,7 +279,8 @@ class ClosureEvaluator:
                 target = loss if self.grad_scaler is None else self.grad_scaler.scale(loss)
                 target.backward()
             self.backwards += 1
-        note_own_grads(self.owner, self.params, not self.torch_style and not self.given)
+        note_own_grads(self.owner, self.params, not self.torch_style and not self.given,
+                       left=bool(self.torch_style))
         if read:
             self._undo = None
             self._after_start()
