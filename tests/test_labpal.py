@@ -330,3 +330,19 @@ def test_nsgd_step_length_in_16_bit_types_uses_float32_norms(dtype):
     assert lengths
     for length, est in lengths:
         assert length == pytest.approx(est, rel=1e-5)
+
+
+def test_an_update_without_any_gradient_of_its_parameters_does_not_raise():
+    # the loss of some batches does not reach the optimizer's parameters (an expert used now and
+    # then; another optimizer's parameters carry the graph): the NSGD norm read stacked an empty
+    # list ("Tensor list must have at least one tensor")
+    torch.manual_seed(0)
+    w, v = nn.Parameter(torch.randn(4)), nn.Parameter(torch.randn(4))
+    opt = LABPAL([w], mode="nsgd", approx_batches=1, reuse_steps=100)
+    for i in range(6):
+        use_w = i < 3 or i % 2 == 0
+        before = w.detach().clone()
+        opt.step(lambda: ((v - 1) ** 2).sum() + (((w - 2) ** 2).sum() if use_w else 0.0))
+        if not use_w:
+            assert torch.equal(w, before)
+    assert opt.updates >= 4

@@ -77,5 +77,7 @@ PARABOLIC_DOC = """
         A NaN/inf start loss or gradient skips the call before anything changes (counted in
         ``skipped_steps`` and ``nonfinite_steps``, with a ``RuntimeWarning``).  A call that raises
         (an exception or ``KeyboardInterrupt`` in the closure) leaves the optimizer, ``.grad``,
-        module buffers and the random generators as they were before it.
+        module buffers and the random generators as they were before it -- except that with a
+        loss-only closure the optimizer's own gradients of its previous call are released before
+        the forward (one gradient of memory), so such a call leaves ``.grad`` ``None`` there.
 """

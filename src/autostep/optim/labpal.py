@@ -273,7 +273,7 @@ class LABPAL(Phases, DirectionWindows, ParabolicOptimizer):
                     if plain is not None:
                         grads = [p.grad for ps in plain for p in ps]
                         weights = self.reducer.weights([p for ps in plain for p in ps])
-                    if plain is not None and weights is None and not self.reducer.active:
+                    if plain is not None and grads and weights is None and not self.reducer.active:
                         # the update's ||d||^2 (d = the gradient) doubles as the finiteness hint:
                         # the per-tensor norms are read with the loss, then squared and summed
                         # in float64 here: three small device ops fewer (issue 13).  (Across
