@@ -109,6 +109,44 @@ def test_a_decay_that_flips_the_weights_warns_once_with_the_numbers(cls, kw):
 
 
 @pytest.mark.parametrize("cls,kw", [(LABPAL, {"mode": "nsgd", "approx_batches": 1}),
+                                    (autostep.PAL, {}), (autostep.SLS, {"lr": 10.0, "max_lr": 1e3}),
+                                    (autostep.SALSA, {"direction": "sgd", "amortize": 3, "lr": 10.0,
+                                                      "max_lr": 1e3})])
+def test_the_decay_warning_as_an_error_changes_nothing(cls, kw):
+    # warned while decaying the segments one by one, the first group was already scaled when
+    # -W error turned the warning into an exception (LABPAL and reused steps keep no w0)
+    torch.manual_seed(0)
+    a, b = nn.Parameter(torch.ones(10)), nn.Parameter(torch.ones(10))
+    opt = cls([{"params": [a], "weight_decay": 1e-3}, {"params": [b], "weight_decay": 0.5}], **kw)
+    raised = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for _ in range(20):
+            pa, pb, sd = a.detach().clone(), b.detach().clone(), copy.deepcopy(opt.state_dict())
+            try:
+                opt.step(lambda: 1e-3 * ((a - 2.0) ** 2).sum() + 1e-3 * ((b - 2.0) ** 2).sum())
+            except RuntimeWarning as e:
+                assert "zeroes or flips" in str(e)
+                raised += 1
+                assert torch.equal(pa, a) and torch.equal(pb, b)
+                assert repr(opt.state_dict()) == repr(sd)
+    assert raised == 1
+
+
+def test_step_warnings_point_at_the_callers_line():
+    # a hard-coded stacklevel pointed into torch's optimizer wrapper (torch/optim/optimizer.py)
+    w = nn.Parameter(torch.ones(3))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        autostep.SALSA([w]).step(lambda: (w * float("nan")).sum())  # skipped: non-finite loss
+        autostep.PAL([w], 0.1)  # lr has no effect
+        LABPAL([w]).step(lambda: (w * float("nan")).sum())
+    mine = [c for c in caught if issubclass(c.category, RuntimeWarning)]
+    assert len(mine) == 3, [str(c.message) for c in caught]
+    assert all(c.filename == __file__ for c in mine), [(c.filename, c.lineno) for c in mine]
+
+
+@pytest.mark.parametrize("cls,kw", [(LABPAL, {"mode": "nsgd", "approx_batches": 1}),
                                     (autostep.PAL, {})])
 def test_an_ordinary_decay_does_not_warn(cls, kw):
     torch.manual_seed(0)

@@ -5,13 +5,12 @@ coefficient of the global gradient norm, on the host or left on the device) and 
 
 from __future__ import annotations
 
-import os
-import sys
 import warnings
 
 import torch
 
 from .. import _validate as V
+from .._stack import outside_level
 from .._grad_mode import no_grad
 from ._reductions import sq_norm_float, sq_norms
 
@@ -28,21 +27,6 @@ def _coef_from_sq(sq: torch.Tensor, mx: float) -> torch.Tensor:
     # a true division (``mx / tensor`` would multiply by the reciprocal: one rounding more)
     return torch.where(torch.isfinite(norm) & (norm > mx),
                        torch.div(torch.full_like(norm, mx), norm + 1e-6), torch.ones_like(norm))
-
-
-#: frames in these folders are autostep's or torch's, not the caller's (see :func:`_outside_level`)
-_INTERNAL = (os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep,
-             os.path.dirname(os.path.abspath(torch.__file__)) + os.sep)
-
-
-def _outside_level() -> int:
-    """``stacklevel`` for a warning raised by this function's caller that points at the first
-    frame outside autostep and torch (the user's ``step()`` call, however deep the step's helpers
-    and torch's wrappers nest)."""
-    frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
-        frame, level = frame.f_back, level + 1
-    return level
 
 
 class ClipAndDecay:
@@ -117,7 +101,7 @@ class ClipAndDecay:
             "(SLS, PAL, LABPAL, direction='sgd') lr is SGD-scale and grows as the gradient "
             "shrinks, so take SGD-scale values (1e-4 to 5e-4), not AdamW's 0.01-0.1. "
             "(Warned once per optimizer.)",
-            RuntimeWarning, stacklevel=_outside_level())
+            RuntimeWarning, stacklevel=outside_level())
 
     @no_grad
     def _decay(self, params_per_seg: list, w0s: list | None = None) -> None:
@@ -128,11 +112,13 @@ class ClipAndDecay:
         ``w0s`` are the start points (the step has already been applied); without them the
         parameters are at the start point and are scaled by ``1 - lr * weight_decay``.
         """
+        for ps, wd, lr in params_per_seg:  # (warned before any segment changes: a warning
+            if wd and ps and lr and lr * wd >= 1.0:  # turned into an error must change nothing)
+                self._warn_decay(lr, wd)
+                break
         for j, (ps, wd, lr) in enumerate(params_per_seg):
             if not wd or not ps or not lr:
                 continue
-            if lr * wd >= 1.0:
-                self._warn_decay(lr, wd)
             if w0s is None:
                 torch._foreach_mul_(ps, 1.0 - lr * wd)
             else:

@@ -28,6 +28,7 @@ from torch.optim import Optimizer
 from .._closure import ClosureEvaluator, model_buffers
 from ..distributed import Reducer
 from .. import _validate as V
+from .._stack import outside_level
 from ._checkpoint import CheckpointMixin
 from ._clip_decay import ClipAndDecay
 from ._state import OPTIONAL_LS, STATE_KEY, StepUndo, ls_property
@@ -211,7 +212,7 @@ class AutostepOptimizer(ClipAndDecay, CheckpointMixin, Optimizer):
             "nonfinite_steps). With mixed precision this happens now and then (GradScaler lowers "
             "its scale); if every step is skipped, check the data and the model for NaN/inf.",
             RuntimeWarning,
-            stacklevel=4,  # _skip <- step <- torch.no_grad's wrapper <- the caller
+            stacklevel=outside_level(),  # the caller's step() line
         )
         return loss
 
@@ -227,7 +228,7 @@ class AutostepOptimizer(ClipAndDecay, CheckpointMixin, Optimizer):
         warnings.warn(
             f"{type(self).__name__}.step: {why}, so the step moved nothing. {advice}",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=outside_level(),
         )
 
     skipped_steps = ls_property("skipped", "Steps that left the parameters unchanged (see the "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 
+from .._stack import outside_level
 from ._optimizer import AutostepOptimizer
 
 __all__ = ["ParabolicOptimizer"]
@@ -59,7 +60,7 @@ class ParabolicOptimizer(AutostepOptimizer):
         """A ``RuntimeWarning`` the first time ``key`` comes up for this optimizer."""
         if not self._warned.get(key):
             self._warned[key] = True
-            warnings.warn(message, RuntimeWarning, stacklevel=4)
+            warnings.warn(message, RuntimeWarning, stacklevel=outside_level())
 
     def _note_written_lr(self) -> None:
         for group in self.param_groups:
