@@ -85,6 +85,49 @@ def test_a_loss_only_closure_runs_without_the_previous_steps_gradient(name):
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("LABPAL")])
+def test_a_torch_style_closure_runs_without_the_previous_steps_gradient(name):
+    """The gradients a torch-style closure left in the previous step are released before the
+    forward too (its zero_grad() would drop them, but the step's undo record kept them alive
+    through the forward and backward: one gradient of memory, as under Lightning).  A closure that
+    does not zero them starts from this step's gradient, not from the previous step's; gradients
+    accumulated between steps (a backward of the user's) are still the step's."""
+    import gc
+    import weakref
+    data = make_data()
+    model = make_model(dropout=0.0, bn=False)
+    opt = CASES[name](model.parameters())
+    seen = []
+
+    def torch_style(xb, yb, zero=True, refs=()):
+        first = [True]
+
+        def closure():
+            if first[0]:
+                first[0] = False
+                gc.collect()
+                seen.append(sum(r() is not None for r in refs))
+            if zero:
+                opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            return loss
+        return closure
+    (x0, y0), (x1, y1), (x2, y2) = list(batches(*data, 3, seed=2))
+    opt.step(torch_style(x0, y0))
+    refs = [weakref.ref(p.grad) for p in model.parameters()]
+    opt.step(torch_style(x1, y1, refs=refs))
+    assert seen == [0, 0]
+    # no zero_grad in the closure: the step's gradient is this batch's alone
+    model2 = make_model(dropout=0.0, bn=False)
+    model2.load_state_dict(model.state_dict())
+    nn.functional.cross_entropy(model2(x2), y2).backward()
+    expect = [p.grad.clone() for p in model2.parameters()]
+    opt.step(torch_style(x2, y2, zero=False))
+    for p, e in zip(model.parameters(), expect):
+        torch.testing.assert_close(p.grad, e)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("LABPAL")])
 def test_a_loss_only_step_after_a_torch_style_step_uses_its_own_batch(name):
     """The gradients a torch-style closure left in the previous step are not "given" gradients
     (computed outside step()) for a loss-only closure that follows: it back-propagates its own

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import autostep
-from autostep._closure.grads import OWN_GRADS, foreign_grads, own_backward
+from autostep._closure.grads import OWN_GRADS, foreign_grads
 from optimizer_infos import CASES, FAULTS, names, without_keys
 
 # every optimizer, and the variants whose state or step differ: the table's FAULTS inputs
@@ -107,11 +107,12 @@ def sd_bytes(obj):
 
 
 def _own_grads(model, opt) -> bool:
-    """Whether ``.grad`` holds the optimizer's own gradients of its previous (loss-only) step,
-    unchanged since: a step releases those before its forward (as ``zero_grad(set_to_none=True)``
-    would; one gradient of memory), so a failed step leaves ``.grad`` None there."""
+    """Whether ``.grad`` holds the gradients the optimizer's previous step left (its own
+    backward's or a torch-style closure's), unchanged since: a step releases those before its
+    forward (as ``zero_grad(set_to_none=True)`` would; one gradient of memory), so a failed step
+    leaves ``.grad`` None there."""
     params = list(model.parameters())
-    return (own_backward(getattr(opt, OWN_GRADS, None)) and any(p.grad is not None for p in params)
+    return (bool(getattr(opt, OWN_GRADS, None)) and any(p.grad is not None for p in params)
             and not foreign_grads(opt, params))
 
 

@@ -24,7 +24,7 @@ from .backward import Recorder, install_backward_wrapper, recording
 from .buffers import ModelBuffers, restore_items
 from .contract import ClosureError, NonFiniteLossError, CLOSURE_CONTRACT, check_closure, check_loss
 from .grads import (OWN_GRADS, any_nonzero_grad, foreign_grads, grad_fingerprint, note_own_grads,
-                    own_backward, replaced, set_own_grads)
+                    replaced, set_own_grads)
 from .._snapshot import RNGSnapshot
 
 __all__ = ["ClosureEvaluator"]
@@ -111,12 +111,14 @@ class ClosureEvaluator:
         self._rng_before = RNGSnapshot()
         self._prev_own = getattr(self.owner, OWN_GRADS, None)
         given = with_grad and (self.force_given or foreign_grads(self.owner, self.params))
-        if with_grad and not given and own_backward(self._prev_own):
-            # what is in .grad is the optimizer's own backward of the previous step (a loss-only
-            # closure), unchanged since (not foreign): released before the forward, as
-            # zero_grad(set_to_none=True) would, so it does not sit beside this step's
-            # activations and new gradients (one gradient of memory at the backward's peak).  A
-            # step that fails leaves .grad None there; the next step would replace it anyway.
+        if with_grad and not given and self._prev_own:
+            # what is in .grad is what the previous step left (the optimizer's own backward, or a
+            # torch-style closure's), unchanged since (not foreign, so not accumulated into):
+            # released before the forward, as zero_grad(set_to_none=True) would, so it does not
+            # sit beside this step's activations and new gradients (one gradient of memory at the
+            # backward's peak).  A step that fails leaves .grad None there; the next step would
+            # replace it anyway (a torch-style closure zeroes it; one that does not starts from
+            # this step's gradient, not from the previous step's).
             for p in self.params:
                 p.grad = None
         before = grad_fingerprint(self.params)
@@ -254,9 +256,9 @@ class ClosureEvaluator:
         """Evaluate the closure with grad enabled; back-propagate unless the closure did.
 
         With a loss-only closure the old gradients are cleared (set to ``None``) before the
-        optimizer's ``backward()`` -- the optimizer's own of its previous step already before the
-        forward (:meth:`_start`), so they are not alive beside the activations; a torch-style
-        closure's gradients are used as it left them.  If
+        optimizer's ``backward()`` -- those the previous step left already before the forward
+        (:meth:`_start`, with either convention), so they are not alive beside the activations;
+        a torch-style closure's gradients are used as it left them.  If
         the loss is not finite, buffers, generators and gradients are restored and
         :class:`NonFiniteLossError` is raised: the step changes nothing.
 

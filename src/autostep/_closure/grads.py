@@ -12,7 +12,7 @@ import torch
 from ..distributed import local
 
 __all__ = ["grad_fingerprint", "replaced", "foreign_grads", "any_nonzero_grad", "note_own_grads",
-           "own_backward", "set_own_grads", "unscale_grads"]
+           "set_own_grads", "unscale_grads"]
 
 #: attribute of the optimizer that records the ``.grad`` tensors its own last backward produced
 OWN_GRADS = "_autostep_own_grads"
@@ -68,28 +68,18 @@ def any_nonzero_grad(params: Sequence[torch.Tensor]) -> bool:
 
 
 def note_own_grads(owner, params: Sequence[torch.Tensor], ours: bool, left: bool = False) -> None:
-    """Record the ``.grad`` tensors a step leaves: ``ours`` when the owner's backward produced
-    them (a loss-only closure), ``left`` when a torch-style closure's did.  Either way they are not
-    "foreign" at the next step while unchanged (so a loss-only closure after a torch-style step
-    back-propagates instead of taking the previous batch's gradients as given); only ``ours`` are
-    released before the next step's forward (:func:`own_backward`).  Neither (gradients given
-    from outside ``step()``): nothing is recorded."""
+    """Record the ``.grad`` tensors a step leaves: those the owner's backward produced (``ours``,
+    a loss-only closure) or a torch-style closure's (``left``).  While unchanged they are not
+    "foreign" at the next step (so a loss-only closure after a torch-style step back-propagates
+    instead of taking the previous batch's gradients as given), and the next step releases them
+    before its forward.  Neither (gradients given from outside ``step()``): nothing is recorded."""
     if owner is None:
         return
     own = {}
     if ours or left:
-        own = {id(p): (weakref.ref(p.grad), p.grad._version, ours) for p in params
+        own = {id(p): (weakref.ref(p.grad), p.grad._version) for p in params
                if p.grad is not None}
     set_own_grads(owner, own)
-
-
-def own_backward(own) -> bool:
-    """Whether a record of :func:`note_own_grads` holds the owner's own backward's gradients."""
-    if not own:
-        return False
-    for entry in own.values():
-        return len(entry) < 3 or bool(entry[2])
-    return False
 
 
 def set_own_grads(owner, own) -> None:

@@ -159,8 +159,8 @@ class ArmijoOptimizer(Segments, StepSizes, BacktrackingSearch, AutostepOptimizer
         (:attr:`skipped_steps`, :attr:`nonfinite_steps`, a ``RuntimeWarning``).  A step that raises
         (an exception or ``KeyboardInterrupt`` in the closure, a broken closure contract) leaves
         the optimizer as it was before the call: parameters, moments, counters, EMAs, step sizes,
-        ``.grad``, module buffers and the random generators (a loss-only closure's previous
-        gradients, the optimizer's own, are released before the forward and stay ``None``).
+        ``.grad``, module buffers and the random generators (the gradients the previous step
+        left, unchanged since, are released before the forward and stay ``None``).
         """
         if self._init_call(closure):
             return None

@@ -20,9 +20,10 @@ ARMIJO_DOC = """
         as they were; it counts in ``skipped_steps`` and ``nonfinite_steps`` and warns.  A step
         that raises (an exception or ``KeyboardInterrupt`` in the closure, a broken closure
         contract) leaves the optimizer, ``.grad``, module buffers and the random generators exactly
-        as before the call, so retrying it continues bit-for-bit -- except that with a loss-only
-        closure the optimizer's own gradients of its previous step are released before the forward
-        (one gradient of memory), so a failed step leaves ``.grad`` ``None`` there.  A NaN/inf/non-positive ``lr``
+        as before the call, so retrying it continues bit-for-bit -- except that the gradients the
+        previous step left (the optimizer's own backward's or a torch-style closure's), unchanged
+        since, are released before the forward (one gradient of memory), so a failed step leaves
+        ``.grad`` ``None`` there.  A NaN/inf/non-positive ``lr``
         written between steps is refused at the next step.  A zero search direction costs no trial
         forward.
 
@@ -77,7 +78,7 @@ PARABOLIC_DOC = """
         A NaN/inf start loss or gradient skips the call before anything changes (counted in
         ``skipped_steps`` and ``nonfinite_steps``, with a ``RuntimeWarning``).  A call that raises
         (an exception or ``KeyboardInterrupt`` in the closure) leaves the optimizer, ``.grad``,
-        module buffers and the random generators as they were before it -- except that with a
-        loss-only closure the optimizer's own gradients of its previous call are released before
-        the forward (one gradient of memory), so such a call leaves ``.grad`` ``None`` there.
+        module buffers and the random generators as they were before it -- except that the
+        gradients the previous call left, unchanged since, are released before the forward (one
+        gradient of memory), so such a call leaves ``.grad`` ``None`` there.
 """
