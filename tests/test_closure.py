@@ -128,6 +128,32 @@ def test_a_torch_style_closure_runs_without_the_previous_steps_gradient(name):
 
 
 @pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("LABPAL")])
+def test_persistent_gradients_of_a_torch_style_closure_stay_in_place(name):
+    """``.grad`` as views into one flat buffer that the closure reduces (manual data parallel),
+    zeroed in place with ``zero_grad(set_to_none=False)``: the step must not release them (the
+    closure's backward then made new tensors outside the buffer, and the buffer kept step 1's
+    gradient: ranks diverged)."""
+    data = make_data()
+    model = make_model(dropout=0.0, bn=False)
+    ps = list(model.parameters())
+    flat = torch.zeros(sum(p.numel() for p in ps))
+    off = 0
+    for p in ps:
+        p.grad = flat[off:off + p.numel()].view_as(p)
+        off += p.numel()
+    opt = CASES[name](ps)
+    for xb, yb in batches(*data, 4, seed=2):
+        def closure(xb=xb, yb=yb):
+            opt.zero_grad(set_to_none=False)
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            loss.backward()
+            return loss
+        opt.step(closure)
+        assert all(p.grad is not None and p.grad._base is flat for p in ps)
+        assert torch.equal(flat, torch.cat([p.grad.reshape(-1) for p in ps]))
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("LABPAL")])
 def test_a_loss_only_step_after_a_torch_style_step_uses_its_own_batch(name):
     """The gradients a torch-style closure left in the previous step are not "given" gradients
     (computed outside step()) for a loss-only closure that follows: it back-propagates its own

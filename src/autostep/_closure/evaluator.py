@@ -24,7 +24,7 @@ from .backward import Recorder, install_backward_wrapper, recording
 from .buffers import ModelBuffers, restore_items
 from .contract import ClosureError, NonFiniteLossError, CLOSURE_CONTRACT, check_closure, check_loss
 from .grads import (OWN_GRADS, any_nonzero_grad, foreign_grads, grad_fingerprint, note_own_grads,
-                    replaced, set_own_grads)
+                    releasable, replaced, set_own_grads)
 from .._snapshot import RNGSnapshot
 
 __all__ = ["ClosureEvaluator"]
@@ -118,9 +118,12 @@ class ClosureEvaluator:
             # sit beside this step's activations and new gradients (one gradient of memory at the
             # backward's peak).  A step that fails leaves .grad None there; the next step would
             # replace it anyway (a torch-style closure zeroes it; one that does not starts from
-            # this step's gradient, not from the previous step's).
+            # this step's gradient, not from the previous step's).  Views and persistent
+            # gradients a closure accumulates into are kept (see note_own_grads).
+            own = self._prev_own
             for p in self.params:
-                p.grad = None
+                if p.grad is not None and releasable(own, p):
+                    p.grad = None
         before = grad_fingerprint(self.params)
         if self.force_given:
             with_grad = False  # a bound closure only evaluates the loss: no graph
@@ -282,7 +285,8 @@ class ClosureEvaluator:
                 target.backward()
             self.backwards += 1
         note_own_grads(self.owner, self.params, not self.torch_style and not self.given,
-                       left=bool(self.torch_style))
+                       left=bool(self.torch_style),
+                       existing=frozenset(id(g) for g, _ in self._before or () if g is not None))
         if read:
             self._undo = None
             self._after_start()

@@ -12,7 +12,7 @@ import torch
 from ..distributed import local
 
 __all__ = ["grad_fingerprint", "replaced", "foreign_grads", "any_nonzero_grad", "note_own_grads",
-           "set_own_grads", "unscale_grads"]
+           "releasable", "set_own_grads", "unscale_grads"]
 
 #: attribute of the optimizer that records the ``.grad`` tensors its own last backward produced
 OWN_GRADS = "_autostep_own_grads"
@@ -67,19 +67,32 @@ def any_nonzero_grad(params: Sequence[torch.Tensor]) -> bool:
     return any(bool(p.grad.any()) for p in params if p.grad is not None)
 
 
-def note_own_grads(owner, params: Sequence[torch.Tensor], ours: bool, left: bool = False) -> None:
+def note_own_grads(owner, params: Sequence[torch.Tensor], ours: bool, left: bool = False,
+                   existing: frozenset = frozenset()) -> None:
     """Record the ``.grad`` tensors a step leaves: those the owner's backward produced (``ours``,
     a loss-only closure) or a torch-style closure's (``left``).  While unchanged they are not
     "foreign" at the next step (so a loss-only closure after a torch-style step back-propagates
     instead of taking the previous batch's gradients as given), and the next step releases them
-    before its forward.  Neither (gradients given from outside ``step()``): nothing is recorded."""
+    before its forward (:func:`releasable`) -- except views (DDP's bucket views, a flat buffer of
+    the user's) and tensors that existed before the step (``existing``: ids of the ``.grad``
+    objects before it; a ``zero_grad(set_to_none=False)`` closure accumulating into persistent
+    gradients, which the user may hold and reduce).  Neither ``ours`` nor ``left`` (gradients
+    given from outside ``step()``): nothing is recorded."""
     if owner is None:
         return
     own = {}
     if ours or left:
-        own = {id(p): (weakref.ref(p.grad), p.grad._version) for p in params
-               if p.grad is not None}
+        own = {id(p): (weakref.ref(p.grad), p.grad._version,
+                       p.grad._base is None and id(p.grad) not in existing)
+               for p in params if p.grad is not None}
     set_own_grads(owner, own)
+
+
+def releasable(own, p: torch.Tensor) -> bool:
+    """Whether ``p.grad`` is in the record ``own`` (of :func:`note_own_grads`) as a gradient the
+    next step may release (call after :func:`foreign_grads` said nothing changed)."""
+    entry = own.get(id(p))
+    return entry is not None and (len(entry) < 3 or entry[2])
 
 
 def set_own_grads(owner, own) -> None:
