@@ -284,9 +284,12 @@ class ClosureEvaluator:
                 target = loss if self.grad_scaler is None else self.grad_scaler.scale(loss)
                 target.backward()
             self.backwards += 1
+        # (only a torch-style closure can leave a tensor that existed before it: the optimizer's
+        # own backward runs on .grad None)
+        existing = (frozenset(id(g) for g, _ in self._before if g is not None)
+                    if self.torch_style else frozenset())
         note_own_grads(self.owner, self.params, not self.torch_style and not self.given,
-                       left=bool(self.torch_style),
-                       existing=frozenset(id(g) for g, _ in self._before or () if g is not None))
+                       left=bool(self.torch_style), existing=existing)
         if read:
             self._undo = None
             self._after_start()

@@ -92,7 +92,7 @@ def releasable(own, p: torch.Tensor) -> bool:
     """Whether ``p.grad`` is in the record ``own`` (of :func:`note_own_grads`) as a gradient the
     next step may release (call after :func:`foreign_grads` said nothing changed)."""
     entry = own.get(id(p))
-    return entry is not None and (len(entry) < 3 or entry[2])
+    return entry is not None and entry[2]
 
 
 def set_own_grads(owner, own) -> None:
